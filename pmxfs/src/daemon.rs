@@ -1,0 +1,276 @@
+//! The daemon: single-instance lock, mount-point checks, database open, FUSE session,
+//! invalidation threads, control socket, and a clean unmount on SIGINT/SIGTERM.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::coherence::{Policy, Ttls};
+use crate::control;
+use crate::fs::{PmxFs, Shared};
+use crate::memdb::{Limits, MemDb, Op, SqliteStore, SyncMode};
+use crate::notify::Invalidator;
+use crate::status::{Mode, Status};
+use crate::version_shm::{self, VersionShmWriter};
+
+/// Everything the daemon is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonOpts {
+    /// Mount point.
+    pub mount: PathBuf,
+    /// SQLite database.
+    pub db: PathBuf,
+    /// pmxcfs `-l`.
+    pub local: bool,
+    /// This node's name.
+    pub nodename: String,
+    /// Timeouts for unprotected paths.
+    pub ttls: Ttls,
+    /// `--coherence on`.
+    pub coherence: bool,
+    /// Tree limits.
+    pub limits: Limits,
+    /// Lock expiry in seconds.
+    pub lock_timeout: u32,
+    /// SQLite durability.
+    pub sync: SyncMode,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Accept injected "remote" operations on the control socket (tests).
+    pub debug_remote_ops: bool,
+}
+
+/// The group that owns every entry: www-data (33 on Debian) if it exists.
+pub fn www_data_gid() -> u32 {
+    nix::unistd::Group::from_name("www-data")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+        .unwrap_or(33)
+}
+
+/// This host's name cut at the first dot, as pmxcfs uses it.
+pub fn default_nodename() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or_default().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Is `path` a mount point? Read from mountinfo: never `stat` a mount whose daemon may
+/// be hung.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Take the single-instance lock next to the database; held until the process exits.
+fn lock_instance(db: &Path) -> Result<std::fs::File> {
+    let lock_path = PathBuf::from(format!("{}.lock", db.display()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "another pmxfs is already running on {} (lock file {} is held)",
+                db.display(),
+                lock_path.display()
+            );
+        }
+        bail!("cannot lock {}: {e}", lock_path.display());
+    }
+    Ok(f)
+}
+
+fn prepare_mountpoint(mount: &Path) -> Result<PathBuf> {
+    if !mount.exists() {
+        std::fs::create_dir_all(mount)
+            .with_context(|| format!("cannot create mount point {}", mount.display()))?;
+        std::fs::set_permissions(mount, std::fs::Permissions::from_mode(0o750))?;
+    }
+    let mount = mount
+        .canonicalize()
+        .with_context(|| format!("bad mount point {}", mount.display()))?;
+    if is_mountpoint(&mount) {
+        bail!(
+            "{} is already a mount point (another pmxfs or pmxcfs?); unmount it first",
+            mount.display()
+        );
+    }
+    if !mount.is_dir() {
+        bail!("mount point {} is not a directory", mount.display());
+    }
+    if std::fs::read_dir(&mount)?.next().is_some() {
+        bail!(
+            "mount point {} is not empty; refusing to mount over it",
+            mount.display()
+        );
+    }
+    Ok(mount)
+}
+
+/// Directories a node expects to find (pve-cluster creates them on setup).
+fn ensure_base_dirs(sh: &Shared, nodename: &str) {
+    let node = format!("nodes/{nodename}");
+    let dirs = [
+        "nodes".to_string(),
+        node.clone(),
+        format!("{node}/qemu-server"),
+        format!("{node}/lxc"),
+        format!("{node}/openvz"),
+        format!("{node}/priv"),
+        "priv".into(),
+        "priv/lock".into(),
+    ];
+    for d in dirs {
+        if sh.db.read().resolve(&d).is_err() {
+            if let Err(e) = sh.apply_local(&Op::Mkdir { path: d.clone() }) {
+                tracing::warn!("cannot create {d}: {e}");
+            }
+        }
+    }
+}
+
+/// Run the daemon until a signal or an external unmount.
+pub fn run(opts: DaemonOpts) -> Result<()> {
+    if !opts.local {
+        bail!("cluster mode is not built yet: run with --local");
+    }
+    if let Some(dir) = opts.db.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        }
+    }
+    let _instance = lock_instance(&opts.db)?;
+    let mount = prepare_mountpoint(&opts.mount)?;
+
+    let (store, loaded) = SqliteStore::open(&opts.db, opts.sync)
+        .with_context(|| format!("cannot open database {}", opts.db.display()))?;
+    let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
+        .with_context(|| format!("refusing to start on {}", opts.db.display()))?;
+    db.set_lock_timeout(opts.lock_timeout);
+    tracing::info!(
+        db = %opts.db.display(),
+        version = db.root_version().version,
+        entries = db.entry_count(),
+        created = loaded.created,
+        "database loaded"
+    );
+
+    let status = Arc::new(Status::new(opts.nodename.clone(), Mode::Local));
+    status.record_reload();
+    let shm_path = version_shm::shm_path_for_mount(&mount);
+    let shm = match VersionShmWriter::open_or_create(&shm_path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("no shared-memory versions at {}: {e}", shm_path.display());
+            None
+        }
+    };
+    let policy = Policy {
+        enabled: opts.coherence,
+        default: opts.ttls,
+    };
+    let sh = Shared::new(db, status, policy, www_data_gid(), shm);
+    ensure_base_dirs(&sh, &opts.nodename);
+
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("pmxfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+    ];
+    cfg.acl = SessionACL::All;
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg.clone_fd = opts.threads > 1;
+    let session = Session::new(PmxFs::new(sh.clone()), &mount, &cfg)
+        .with_context(|| format!("cannot mount on {}", mount.display()))?;
+    let dev = session.as_fd().try_clone_to_owned()?;
+    sh.set_invalidator(Invalidator::start(session.notifier(), dev)?);
+    let bg = session.spawn()?;
+    tracing::info!(mount = %mount.display(), coherence = opts.coherence, "mounted");
+
+    let sock = control::socket_path(&mount);
+    if let Some(d) = sock.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock)
+        .with_context(|| format!("cannot bind {}", sock.display()))?;
+    control::serve(
+        listener,
+        sh.clone(),
+        control::Info {
+            mount: mount.clone(),
+            db: opts.db.clone(),
+            debug_remote_ops: opts.debug_remote_ops,
+        },
+    )?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let why = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+                _ = tick.tick() => if bg.guard.is_finished() { return Ok("unmounted externally") },
+            }
+        }
+    })?;
+    tracing::info!("{why}: unmounting {}", mount.display());
+    let _ = std::fs::remove_file(&sock);
+    if let Err(e) = bg.umount_and_join() {
+        tracing::debug!("unmount: {e}");
+    }
+    if let Err(e) = sh.db.write().checkpoint() {
+        tracing::warn!("final checkpoint failed (the WAL is replayed on next start): {e}");
+    }
+    Ok(())
+}

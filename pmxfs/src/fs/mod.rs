@@ -1,0 +1,223 @@
+//! The FUSE adapter: translates kernel requests into memdb reads and [`Op`]s, and
+//! pushes the coherence policy's invalidations to the kernel.
+
+mod attrs;
+mod handles;
+mod ops;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use nix::errno::Errno;
+use parking_lot::{Mutex, RwLock};
+
+use crate::coherence::{self, Policy, Ttls};
+use crate::memdb::{store::now_secs, Applied, Change, LockEvent, MemDb, Op, OpCtx, ROOT_INODE};
+use crate::notify::Invalidator;
+use crate::status::Status;
+use crate::version_shm::VersionShmWriter;
+use crate::vfiles::VIRT_BASE;
+
+pub use handles::Handles;
+pub use ops::PmxFs;
+
+/// FUSE inode of a memdb inode (FUSE's root is 1, memdb's is 0).
+pub fn fuse_ino(memdb_ino: u64) -> u64 {
+    memdb_ino + 1
+}
+
+/// memdb inode of a FUSE inode, `None` for virtual entries.
+pub fn memdb_ino(fuse: u64) -> Option<u64> {
+    (fuse < VIRT_BASE).then(|| fuse - 1)
+}
+
+/// Where an applied operation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Through this node's kernel: the kernel already knows the new state.
+    Kernel,
+    /// From elsewhere (another node, or the debug hook): the kernel's caches are stale.
+    Remote,
+}
+
+/// State shared by the FUSE handlers, the control socket and (later) the cluster layer.
+pub struct Shared {
+    /// The tree.
+    pub db: RwLock<MemDb>,
+    /// Node status.
+    pub status: Arc<Status>,
+    /// Timeout policy.
+    pub policy: Policy,
+    /// Group that owns every entry (www-data).
+    pub gid: u32,
+    /// Open file handles.
+    pub handles: Handles,
+    /// Kernel lookup counts per FUSE inode: only inodes the kernel holds need
+    /// invalidating.
+    known: Mutex<HashMap<u64, u64>>,
+    inval: OnceLock<Invalidator>,
+    shm: Option<VersionShmWriter>,
+    /// Operations applied since start.
+    pub ops_applied: AtomicU64,
+    /// LOOKUP requests served (each one is a kernel cache miss).
+    pub lookups: AtomicU64,
+    /// GETATTR requests served.
+    pub getattrs: AtomicU64,
+}
+
+impl Shared {
+    /// Shared state over `db`.
+    pub fn new(
+        db: MemDb,
+        status: Arc<Status>,
+        policy: Policy,
+        gid: u32,
+        shm: Option<VersionShmWriter>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            db: RwLock::new(db),
+            status,
+            policy,
+            gid,
+            handles: Handles::default(),
+            known: Mutex::new(HashMap::new()),
+            inval: OnceLock::new(),
+            shm,
+            ops_applied: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+            getattrs: AtomicU64::new(0),
+        })
+    }
+
+    /// Attach the invalidation threads once the session exists.
+    pub fn set_invalidator(&self, inv: Invalidator) {
+        let _ = self.inval.set(inv);
+    }
+
+    /// The invalidator, if coherence is on and the session is up.
+    pub fn invalidator(&self) -> Option<&Invalidator> {
+        if self.policy.enabled {
+            self.inval.get()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn remember(&self, fuse: u64) {
+        *self.known.lock().entry(fuse).or_insert(0) += 1;
+    }
+
+    pub(crate) fn forget(&self, fuse: u64, n: u64) {
+        let mut k = self.known.lock();
+        if let Some(c) = k.get_mut(&fuse) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                k.remove(&fuse);
+            }
+        }
+    }
+
+    fn is_known(&self, fuse: u64) -> bool {
+        // The kernel holds the root from mount on without ever looking it up.
+        fuse == fuse_ino(ROOT_INODE) || self.known.lock().contains_key(&fuse)
+    }
+
+    /// Timeouts for a reply about memdb inode `ino`.
+    pub(crate) fn ttls(&self, db: &MemDb, ino: u64) -> Ttls {
+        if !self.policy.enabled {
+            return self.policy.default;
+        }
+        let Some(e) = db.get(ino) else {
+            return self.policy.default;
+        };
+        if ino != ROOT_INODE && db.lock_dir_inode() == Some(e.row.parent) {
+            return Ttls::ZERO;
+        }
+        let held = db.held_locks(now_secs());
+        if held.is_empty() {
+            return self.policy.default;
+        }
+        match db.path_of(ino) {
+            Some(p) => self.policy.ttls(&p, &held),
+            None => self.policy.default,
+        }
+    }
+
+    /// Apply an operation that arrived through this node's kernel.
+    pub fn apply_local(&self, op: &Op) -> Result<Applied, Errno> {
+        self.apply(op, 0, Origin::Kernel)
+    }
+
+    /// Apply an operation and publish its consequences: change counters, shared-memory
+    /// versions and (for remote origins) kernel invalidations.
+    pub fn apply(&self, op: &Op, writer: u32, origin: Origin) -> Result<Applied, Errno> {
+        if !self.status.quorate() {
+            return Err(Errno::EACCES);
+        }
+        let ctx = OpCtx {
+            writer,
+            now: now_secs(),
+        };
+        let applied = self.db.write().apply(op, ctx)?;
+        self.ops_applied.fetch_add(1, Ordering::Relaxed);
+        for p in &applied.paths {
+            self.status.record_change(p);
+            if let Some(shm) = &self.shm {
+                shm.bump(p);
+            }
+        }
+        if origin == Origin::Remote {
+            self.push_invalidations(&applied);
+        }
+        Ok(applied)
+    }
+
+    /// Queue invalidations for everything `applied` changed behind the kernel's back,
+    /// plus, for a lock acquisition, the paths it protects.
+    fn push_invalidations(&self, applied: &Applied) {
+        let Some(inv) = self.invalidator() else {
+            return;
+        };
+        let lock_dir = self.db.read().lock_dir_inode();
+        for c in &applied.changes {
+            match c {
+                Change::Attr(ino) => {
+                    let f = fuse_ino(*ino);
+                    if self.is_known(f) {
+                        inv.inode(f);
+                    }
+                }
+                // Names in the lock directory are never cached (zero entry timeout),
+                // and a lock mkdir may be waiting in there: never take its i_rwsem.
+                Change::Name { parent, .. } if Some(*parent) == lock_dir => {}
+                Change::Name { parent, name } => {
+                    if self.is_known(fuse_ino(*parent)) {
+                        inv.entry(fuse_ino(*parent), OsString::from(name));
+                    }
+                }
+            }
+        }
+        if let Some(LockEvent::Acquired(name)) = &applied.lock {
+            for f in self.protected_known(name) {
+                inv.inode(f);
+            }
+            inv.epoch();
+        }
+    }
+
+    /// Kernel-known FUSE inodes whose paths lock `name` protects.
+    pub(crate) fn protected_known(&self, name: &str) -> Vec<u64> {
+        let known: Vec<u64> = self.known.lock().keys().copied().collect();
+        let db = self.db.read();
+        known
+            .into_iter()
+            .filter(|f| {
+                memdb_ino(*f)
+                    .and_then(|m| db.path_of(m))
+                    .is_some_and(|p| coherence::protects(name, &p))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,239 @@
+//! `pmxfs`: the daemon, `pmxfs status` and `pmxfs lock`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pmxfs::coherence::Ttls;
+use pmxfs::daemon::{self, DaemonOpts};
+use pmxfs::memdb::{Limits, SyncMode};
+use pmxfs::{CfsLockError, CfsLockGuard};
+
+#[derive(Parser)]
+#[command(
+    name = "pmxfs",
+    version,
+    about = "Proxmox VE cluster configuration filesystem (/etc/pve)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print node name, mode, quorum, members, database version, inodes and bytes.
+    Status {
+        /// Mount point of the pmxfs to ask.
+        #[arg(long, default_value = "/etc/pve")]
+        mount: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command while holding cluster lock NAME (`priv/lock/NAME`).
+    Lock {
+        /// Lock name.
+        name: String,
+        /// Give up after this many seconds (exit status 2).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Mount point.
+        #[arg(long, default_value = "/etc/pve")]
+        mount: PathBuf,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Normal,
+    Full,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Mount point.
+    #[arg(long, default_value = "/etc/pve")]
+    mount: PathBuf,
+    /// SQLite database (pmxcfs's config.db schema).
+    #[arg(long, default_value = "/var/lib/pve-cluster/config.db")]
+    db: PathBuf,
+    /// Local mode: no corosync, always writable (pmxcfs -l).
+    #[arg(long, short = 'l')]
+    local: bool,
+    /// Node name (default: the host name up to the first dot).
+    #[arg(long)]
+    nodename: Option<String>,
+    /// Kernel entry cache timeout for unprotected paths, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    entry_timeout: f64,
+    /// Kernel attribute cache timeout for unprotected paths, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    attr_timeout: f64,
+    /// Cache-coherent stat (off: legacy fixed timeouts, no invalidation).
+    #[arg(long, value_enum, default_value = "on")]
+    coherence: OnOff,
+    /// Seconds after its last refresh at which a cluster lock expires.
+    #[arg(long, default_value_t = pmxfs::locks::DEFAULT_LOCK_TIMEOUT)]
+    lock_timeout: u32,
+    /// Maximum number of entries (ENOSPC beyond).
+    #[arg(long, default_value_t = Limits::default().max_inodes)]
+    max_inodes: usize,
+    /// Maximum total bytes of file content (ENOSPC beyond).
+    #[arg(long, default_value_t = Limits::default().max_fs_size)]
+    max_fs_size: u64,
+    /// SQLite durability: normal (as pmxcfs: survives crashes) or full (fsync each commit).
+    #[arg(long, value_enum, default_value = "normal")]
+    sync: SyncArg,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Accept operations injected on the control socket as if from another node (tests).
+    #[arg(long, hide = true)]
+    debug_remote_ops: bool,
+}
+
+fn secs(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).context("timeouts must be non-negative seconds")
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PMXFS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Some(Cmd::Status { mount, json }) => status(&mount, json).map(|()| ExitCode::SUCCESS),
+        Some(Cmd::Lock {
+            name,
+            timeout,
+            mount,
+            command,
+        }) => lock(&mount, &name, timeout, &command),
+        None => run_daemon(cli.daemon).map(|()| ExitCode::SUCCESS),
+    };
+    r.unwrap_or_else(|e| {
+        eprintln!("pmxfs: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn run_daemon(a: DaemonArgs) -> Result<()> {
+    let opts = DaemonOpts {
+        mount: a.mount,
+        db: a.db,
+        local: a.local,
+        nodename: a.nodename.unwrap_or_else(daemon::default_nodename),
+        ttls: Ttls {
+            entry: secs(a.entry_timeout)?,
+            attr: secs(a.attr_timeout)?,
+        },
+        coherence: matches!(a.coherence, OnOff::On),
+        limits: Limits {
+            max_inodes: a.max_inodes,
+            max_fs_size: a.max_fs_size,
+            ..Limits::default()
+        },
+        lock_timeout: a.lock_timeout,
+        sync: match a.sync {
+            SyncArg::Normal => SyncMode::Normal,
+            SyncArg::Full => SyncMode::Full,
+        },
+        threads: a.threads,
+        debug_remote_ops: a.debug_remote_ops,
+    };
+    daemon::run(opts)
+}
+
+fn status(mount: &std::path::Path, json: bool) -> Result<()> {
+    let mount = mount.canonicalize().unwrap_or_else(|_| mount.to_path_buf());
+    let v = pmxfs::control::request(&mount, &serde_json::json!({"cmd": "status"}))?;
+    if let Some(e) = v.get("error") {
+        anyhow::bail!("{e}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let members: Vec<String> = v["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|x| {
+                    format!(
+                        "{}({}{})",
+                        x["name"].as_str().unwrap_or("?"),
+                        x["id"],
+                        if x["online"] == true { "" } else { ",offline" }
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("node:      {}", v["nodename"].as_str().unwrap_or("?"));
+    println!("mode:      {}", v["mode"].as_str().unwrap_or("?"));
+    println!(
+        "quorate:   {}",
+        if v["quorate"] == true { "yes" } else { "no" }
+    );
+    println!(
+        "members:   {}",
+        if members.is_empty() {
+            "-".into()
+        } else {
+            members.join(" ")
+        }
+    );
+    println!("version:   {}", v["version"]);
+    println!("inodes:    {}", v["inodes"]);
+    println!("bytes:     {}", v["bytes"]);
+    println!(
+        "coherence: {}",
+        if v["coherence"] == true { "on" } else { "off" }
+    );
+    Ok(())
+}
+
+fn lock(
+    mount: &std::path::Path,
+    name: &str,
+    timeout: Option<f64>,
+    cmd: &[String],
+) -> Result<ExitCode> {
+    let timeout = timeout.map(secs).transpose()?;
+    let guard = match CfsLockGuard::acquire(mount, name, timeout) {
+        Ok(g) => g,
+        Err(e @ CfsLockError::Timeout(_)) => {
+            eprintln!("pmxfs lock: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .with_context(|| format!("cannot run {}", cmd[0]));
+    guard.release()?;
+    let status = status?;
+    Ok(match status.code() {
+        Some(c) => ExitCode::from(c as u8),
+        None => ExitCode::from(128),
+    })
+}

@@ -1,0 +1,670 @@
+//! The "memdb": the whole /etc/pve tree in memory, backed by a [`Store`].
+//!
+//! Free of FUSE types on purpose: local FUSE requests and (later) replicated operations
+//! delivered by the cluster both go through [`MemDb::apply`], which is deterministic
+//! given the operation and its [`OpCtx`]. Every operation is planned against the current
+//! state, persisted as one transaction, and only then installed in memory, so a failed
+//! commit leaves both the database and the tree unchanged.
+
+pub mod entry;
+pub mod op;
+pub mod paths;
+pub mod store;
+mod vmindex;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+pub use entry::{Entry, Kind, RootVersion, Row, ROOT_INODE};
+pub use op::{Applied, Change, LockEvent, Op, OpCtx};
+pub use store::{NullStore, SqliteStore, Store, StoreError, SyncMode, Txn};
+pub use vmindex::VmInfo;
+
+use crate::locks::{self, MkdirVerdict, MtimeVerdict};
+use paths::{check_name, lock_name, split};
+use vmindex::VmIndex;
+
+/// Size limits of the tree (pmxcfs's values by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest file in bytes (EFBIG beyond).
+    pub max_file_size: u64,
+    /// Total bytes of all files (ENOSPC beyond).
+    pub max_fs_size: u64,
+    /// Number of entries including the root (ENOSPC beyond).
+    pub max_inodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 1024 * 1024,
+            max_fs_size: 128 * 1024 * 1024,
+            max_inodes: 256 * 1024,
+        }
+    }
+}
+
+/// A database whose rows do not form a valid tree.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Rows that pmxcfs would also refuse ("DB load failed").
+    #[error("invalid tree in database: {0}")]
+    Invalid(String),
+}
+
+/// The in-memory tree plus its persistence.
+pub struct MemDb {
+    entries: HashMap<u64, Entry>,
+    root: RootVersion,
+    bytes: u64,
+    limits: Limits,
+    lock_timeout: u32,
+    vms: VmIndex,
+    // A Mutex only to make MemDb Sync (SQLite connections are Send, not Sync); all
+    // access is through &mut self, so it is never contended.
+    store: parking_lot::Mutex<Box<dyn Store>>,
+}
+
+impl std::fmt::Debug for MemDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemDb")
+            .field("entries", &self.entries.len())
+            .field("root", &self.root)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+fn root_entry(root: RootVersion) -> Entry {
+    Entry {
+        row: Row {
+            inode: ROOT_INODE,
+            parent: ROOT_INODE,
+            version: root.version,
+            writer: root.writer,
+            mtime: root.mtime,
+            kind: Kind::Dir,
+            name: String::new(),
+            data: Arc::new(Vec::new()),
+        },
+        children: BTreeMap::new(),
+    }
+}
+
+impl MemDb {
+    /// Build the tree from loaded rows, refusing what pmxcfs refuses: empty names,
+    /// duplicate names in a directory, parents that are missing or not directories, and
+    /// entries not reachable from the root.
+    pub fn from_rows(
+        rows: Vec<Row>,
+        root: RootVersion,
+        store: Box<dyn Store>,
+        limits: Limits,
+    ) -> Result<MemDb, LoadError> {
+        let mut entries: HashMap<u64, Entry> = HashMap::with_capacity(rows.len() + 1);
+        entries.insert(ROOT_INODE, root_entry(root));
+        let mut bytes = 0u64;
+        for row in rows {
+            if row.name.is_empty() {
+                return Err(LoadError::Invalid(format!(
+                    "inode {} has an empty name",
+                    row.inode
+                )));
+            }
+            if let Err(e) = check_name(&row.name) {
+                if e != Errno::ENAMETOOLONG {
+                    return Err(LoadError::Invalid(format!(
+                        "inode {} has an invalid name '{}'",
+                        row.inode, row.name
+                    )));
+                }
+            }
+            bytes += row.data.len() as u64;
+            let ino = row.inode;
+            entries.insert(
+                ino,
+                Entry {
+                    row,
+                    children: BTreeMap::new(),
+                },
+            );
+        }
+        let links: Vec<(u64, u64, String)> = entries
+            .values()
+            .filter(|e| e.row.inode != ROOT_INODE)
+            .map(|e| (e.row.parent, e.row.inode, e.row.name.clone()))
+            .collect();
+        for (parent, ino, name) in links {
+            let p = entries.get_mut(&parent).ok_or_else(|| {
+                LoadError::Invalid(format!(
+                    "missing directory inode {parent} (parent of {ino})"
+                ))
+            })?;
+            if !p.is_dir() {
+                return Err(LoadError::Invalid(format!(
+                    "parent {parent} of inode {ino} is not a directory"
+                )));
+            }
+            if p.children.insert(name.clone(), ino).is_some() {
+                return Err(LoadError::Invalid(format!(
+                    "found entry with duplicate name '{name}' in directory {parent}"
+                )));
+            }
+        }
+        // Every entry must hang off the root (no cycles, no detached subtrees).
+        let mut reached = 0usize;
+        let mut stack = vec![ROOT_INODE];
+        while let Some(i) = stack.pop() {
+            reached += 1;
+            stack.extend(entries[&i].children.values().copied());
+        }
+        if reached != entries.len() {
+            return Err(LoadError::Invalid(format!(
+                "{} entries are not reachable from the root",
+                entries.len() - reached
+            )));
+        }
+        let mut db = MemDb {
+            entries,
+            root,
+            bytes,
+            limits,
+            lock_timeout: locks::DEFAULT_LOCK_TIMEOUT,
+            vms: VmIndex::default(),
+            store: parking_lot::Mutex::new(store),
+        };
+        db.vms = VmIndex::rebuild(&db);
+        Ok(db)
+    }
+
+    /// An empty tree at version 1 over `store`.
+    pub fn empty(store: Box<dyn Store>, limits: Limits) -> MemDb {
+        let root = RootVersion {
+            version: 1,
+            writer: 0,
+            mtime: 0,
+        };
+        MemDb::from_rows(Vec::new(), root, store, limits).expect("an empty tree is valid")
+    }
+
+    /// Set the lock expiry (seconds since the lock's mtime).
+    pub fn set_lock_timeout(&mut self, secs: u32) {
+        self.lock_timeout = secs;
+    }
+
+    /// The lock expiry in seconds.
+    pub fn lock_timeout(&self) -> u32 {
+        self.lock_timeout
+    }
+
+    /// Entry by inode.
+    pub fn get(&self, inode: u64) -> Option<&Entry> {
+        self.entries.get(&inode)
+    }
+
+    /// Child `name` of directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> Option<&Entry> {
+        let ino = *self.entries.get(&parent)?.children.get(name)?;
+        self.entries.get(&ino)
+    }
+
+    /// Entry at `path` (relative, `""` is the root).
+    pub fn resolve(&self, path: &str) -> Result<&Entry, Errno> {
+        let mut cur = &self.entries[&ROOT_INODE];
+        if path.is_empty() {
+            return Ok(cur);
+        }
+        for c in path.split('/') {
+            if !cur.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            let ino = cur.children.get(c).ok_or(Errno::ENOENT)?;
+            cur = &self.entries[ino];
+        }
+        Ok(cur)
+    }
+
+    /// Path of an inode (`""` for the root).
+    pub fn path_of(&self, inode: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut cur = self.entries.get(&inode)?;
+        while cur.row.inode != ROOT_INODE {
+            parts.push(cur.row.name.as_str());
+            cur = self.entries.get(&cur.row.parent)?;
+        }
+        parts.reverse();
+        Some(parts.join("/"))
+    }
+
+    /// Global version record.
+    pub fn root_version(&self) -> RootVersion {
+        self.root
+    }
+
+    /// Number of entries including the root.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Total bytes of file content.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Registered guests (`nodes/<n>/{qemu-server,lxc,openvz}/<id>.conf`).
+    pub fn vms(&self) -> &BTreeMap<u32, VmInfo> {
+        self.vms.all()
+    }
+
+    /// Counter bumped whenever the guest list changes.
+    pub fn vmlist_version(&self) -> u32 {
+        self.vms.version()
+    }
+
+    /// All rows (for a full dump or a cluster sync), sorted by inode.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut v: Vec<Row> = self
+            .entries
+            .values()
+            .filter(|e| e.row.inode != ROOT_INODE)
+            .map(|e| e.row.clone())
+            .collect();
+        v.sort_by_key(|r| r.inode);
+        v
+    }
+
+    /// Fold the store's write-ahead log into the main file (clean shutdown).
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.store.get_mut().checkpoint()
+    }
+
+    /// Apply one operation: validate, persist as one transaction, then install.
+    pub fn apply(&mut self, op: &Op, ctx: OpCtx) -> Result<Applied, Errno> {
+        let (txn, mut applied) = self.plan(op, ctx)?;
+        let moved_dir = match op {
+            Op::Rename { from: p, .. } | Op::Delete { path: p } => {
+                self.resolve(p).is_ok_and(|e| e.is_dir())
+            }
+            _ => false,
+        };
+        if let Err(e) = self.store.get_mut().commit(&txn) {
+            tracing::error!(?op, "database commit failed, operation refused: {e}");
+            return Err(Errno::EIO);
+        }
+        self.install(&txn);
+        applied.version = self.root.version;
+        let mut vms = std::mem::take(&mut self.vms);
+        applied.vmlist_changed = vms.update_after(&applied, self, moved_dir);
+        self.vms = vms;
+        Ok(applied)
+    }
+
+    fn next_root(&self, ctx: OpCtx) -> RootVersion {
+        RootVersion {
+            version: self.root.version + 1,
+            writer: ctx.writer,
+            mtime: ctx.now,
+        }
+    }
+
+    /// The parent directory entry of `path` and the checked last component.
+    fn parent_of<'a>(&self, path: &'a str) -> Result<(&Entry, &'a str), Errno> {
+        if path.is_empty() {
+            return Err(Errno::EACCES);
+        }
+        let (dir, base) = split(path);
+        check_name(base)?;
+        let parent = self.resolve(dir)?;
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok((parent, base))
+    }
+
+    fn check_inode_room(&self) -> Result<(), Errno> {
+        if self.entries.len() >= self.limits.max_inodes {
+            Err(Errno::ENOSPC)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn new_row(&self, parent: u64, name: &str, kind: Kind, root: RootVersion) -> Row {
+        Row {
+            inode: root.version,
+            parent,
+            version: root.version,
+            writer: root.writer,
+            mtime: root.mtime,
+            kind,
+            name: name.to_string(),
+            data: Arc::new(Vec::new()),
+        }
+    }
+
+    fn plan(&self, op: &Op, ctx: OpCtx) -> Result<(Txn, Applied), Errno> {
+        let root = self.next_root(ctx);
+        let mut txn = Txn {
+            root,
+            ..Txn::default()
+        };
+        let mut ap = Applied::default();
+        match op {
+            Op::Create { path } => {
+                let (parent, base) = self.parent_of(path)?;
+                if parent.children.contains_key(base) {
+                    return Err(Errno::EEXIST);
+                }
+                self.check_inode_room()?;
+                self.vms.check_free(path, None)?;
+                txn.upserts
+                    .push(self.new_row(parent.row.inode, base, Kind::File, root));
+                ap.changes.push(Change::Name {
+                    parent: parent.row.inode,
+                    name: base.to_string(),
+                });
+                ap.paths.push(path.clone());
+            }
+            Op::Mkdir { path } => {
+                let (parent, base) = self.parent_of(path)?;
+                let lock = lock_name(path).map(str::to_string);
+                if let Some(old) = self.lookup(parent.row.inode, base) {
+                    let expired = lock.is_some()
+                        && old.is_dir()
+                        && locks::on_mkdir_existing(old.row.mtime, ctx.now, self.lock_timeout)
+                            == MkdirVerdict::TakeOver;
+                    if !expired {
+                        return Err(Errno::EEXIST);
+                    }
+                    // Take over an expired lock: a new inode, so the old holder's
+                    // refreshes and its csum-based state can never apply to ours.
+                    txn.deletes.push(old.row.inode);
+                    ap.changes.push(Change::Attr(old.row.inode));
+                } else {
+                    self.check_inode_room()?;
+                }
+                txn.upserts
+                    .push(self.new_row(parent.row.inode, base, Kind::Dir, root));
+                ap.changes.push(Change::Name {
+                    parent: parent.row.inode,
+                    name: base.to_string(),
+                });
+                ap.paths.push(path.clone());
+                ap.lock = lock.map(LockEvent::Acquired);
+            }
+            Op::Write {
+                path,
+                offset,
+                data,
+                truncate,
+            } => {
+                let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+                if end > self.limits.max_file_size {
+                    return Err(Errno::EFBIG);
+                }
+                let e = self.resolve(path)?;
+                if e.is_dir() {
+                    return Err(Errno::EISDIR);
+                }
+                self.vms.check_free(path, None)?;
+                let old = &e.row.data;
+                let end = end as usize;
+                let new_len = if *truncate { end } else { end.max(old.len()) };
+                if self.bytes - old.len() as u64 + new_len as u64 > self.limits.max_fs_size {
+                    return Err(Errno::ENOSPC);
+                }
+                let mut buf = Vec::with_capacity(new_len);
+                buf.extend_from_slice(&old[..old.len().min(new_len)]);
+                buf.resize(new_len, 0);
+                let off = *offset as usize;
+                buf[off..off + data.len()].copy_from_slice(data);
+                let mut row = e.row.clone();
+                row.data = Arc::new(buf);
+                self.touch(&mut row, root);
+                ap.changes.push(Change::Attr(row.inode));
+                ap.paths.push(path.clone());
+                txn.upserts.push(row);
+            }
+            Op::Delete { path } => {
+                if path.is_empty() {
+                    return Err(Errno::EACCES);
+                }
+                let e = self.resolve(path)?;
+                if e.is_dir() && !e.children.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                txn.deletes.push(e.row.inode);
+                ap.changes.push(Change::Name {
+                    parent: e.row.parent,
+                    name: e.row.name.clone(),
+                });
+                ap.changes.push(Change::Attr(e.row.inode));
+                ap.paths.push(path.clone());
+                if e.is_dir() {
+                    ap.lock = lock_name(path).map(|n| LockEvent::Released(n.to_string()));
+                }
+            }
+            Op::Rename { from, to } => self.plan_rename(from, to, root, &mut txn, &mut ap)?,
+            Op::Mtime { path, mtime } => {
+                let e = self.resolve(path)?;
+                let mut row = e.row.clone();
+                let is_lock = e.is_dir() && lock_name(path).is_some();
+                if is_lock {
+                    match locks::on_set_mtime(
+                        row.mtime,
+                        row.writer,
+                        *mtime,
+                        ctx.writer,
+                        ctx.now,
+                        self.lock_timeout,
+                    ) {
+                        MtimeVerdict::Refuse => return Err(Errno::EACCES),
+                        MtimeVerdict::Remove => {
+                            txn.deletes.push(row.inode);
+                            ap.changes.push(Change::Name {
+                                parent: row.parent,
+                                name: row.name.clone(),
+                            });
+                            ap.changes.push(Change::Attr(row.inode));
+                            ap.paths.push(path.clone());
+                            ap.lock = lock_name(path).map(|n| LockEvent::Released(n.to_string()));
+                            return Ok((txn, ap));
+                        }
+                        MtimeVerdict::Refresh => {}
+                    }
+                }
+                self.touch(&mut row, root);
+                row.mtime = *mtime;
+                ap.changes.push(Change::Attr(row.inode));
+                ap.paths.push(path.clone());
+                txn.upserts.push(row);
+            }
+        }
+        Ok((txn, ap))
+    }
+
+    fn plan_rename(
+        &self,
+        from: &str,
+        to: &str,
+        root: RootVersion,
+        txn: &mut Txn,
+        ap: &mut Applied,
+    ) -> Result<(), Errno> {
+        if from.is_empty() || to.is_empty() {
+            return Err(Errno::EACCES);
+        }
+        let src = self.resolve(from)?;
+        // Locks are acquired and released only by mkdir/rmdir, never moved in or out.
+        if (src.is_dir() && lock_name(from).is_some()) || lock_name(to).is_some() {
+            return Err(Errno::EACCES);
+        }
+        if to.len() > from.len() && to.starts_with(from) && to.as_bytes()[from.len()] == b'/' {
+            return Err(Errno::EINVAL);
+        }
+        let (tparent, tbase) = self.parent_of(to)?;
+        let mut row = src.row.clone();
+        if let Some(target) = self.lookup(tparent.row.inode, tbase) {
+            if target.row.inode == src.row.inode {
+                return Ok(());
+            }
+            match (src.is_dir(), target.is_dir()) {
+                (false, true) => return Err(Errno::EISDIR),
+                (true, false) => return Err(Errno::ENOTDIR),
+                (true, true) if !target.children.is_empty() => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+            txn.deletes.push(target.row.inode);
+            ap.changes.push(Change::Attr(target.row.inode));
+        }
+        if !src.is_dir() {
+            self.vms.check_free(to, vmindex::vm_of(from))?;
+        }
+        ap.changes.push(Change::Name {
+            parent: row.parent,
+            name: row.name.clone(),
+        });
+        ap.changes.push(Change::Name {
+            parent: tparent.row.inode,
+            name: tbase.to_string(),
+        });
+        ap.changes.push(Change::Attr(row.inode));
+        ap.paths.push(from.to_string());
+        ap.paths.push(to.to_string());
+        if src.is_dir() {
+            // Descendants change path too (pmxcfs only renames empty directories).
+            for (sub, _) in self.descendants(src.row.inode) {
+                ap.paths.push(format!("{from}/{sub}"));
+                ap.paths.push(format!("{to}/{sub}"));
+            }
+        }
+        row.parent = tparent.row.inode;
+        row.name = tbase.to_string();
+        self.touch(&mut row, root);
+        txn.upserts.push(row);
+        Ok(())
+    }
+
+    /// Relative paths of everything below directory `inode`.
+    fn descendants(&self, inode: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), inode)];
+        while let Some((prefix, ino)) = stack.pop() {
+            for (name, child) in &self.entries[&ino].children {
+                let p = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                stack.push((p.clone(), *child));
+                out.push((p, *child));
+            }
+        }
+        out
+    }
+
+    fn touch(&self, row: &mut Row, root: RootVersion) {
+        row.version = root.version;
+        row.writer = root.writer;
+        row.mtime = root.mtime;
+    }
+
+    /// Install a committed transaction in memory.
+    fn install(&mut self, txn: &Txn) {
+        for ino in &txn.deletes {
+            if let Some(e) = self.entries.remove(ino) {
+                self.bytes -= e.size();
+                if let Some(p) = self.entries.get_mut(&e.row.parent) {
+                    if p.children.get(&e.row.name) == Some(ino) {
+                        p.children.remove(&e.row.name);
+                    }
+                }
+            }
+        }
+        for row in &txn.upserts {
+            let moved_from = match self.entries.get_mut(&row.inode) {
+                Some(e) => {
+                    self.bytes = self.bytes - e.size() + row.data.len() as u64;
+                    let old = (e.row.parent, e.row.name.clone());
+                    e.row = row.clone();
+                    Some(old)
+                }
+                None => {
+                    self.bytes += row.data.len() as u64;
+                    self.entries.insert(
+                        row.inode,
+                        Entry {
+                            row: row.clone(),
+                            children: BTreeMap::new(),
+                        },
+                    );
+                    None
+                }
+            };
+            if let Some((op, oname)) = &moved_from {
+                if *op == row.parent && *oname == row.name {
+                    continue;
+                }
+                if let Some(p) = self.entries.get_mut(op) {
+                    if p.children.get(oname) == Some(&row.inode) {
+                        p.children.remove(oname);
+                    }
+                }
+            }
+            if let Some(p) = self.entries.get_mut(&row.parent) {
+                p.children.insert(row.name.clone(), row.inode);
+            }
+        }
+        self.root = txn.root;
+        let r = self.entries.get_mut(&ROOT_INODE).expect("root exists");
+        r.row.version = txn.root.version;
+        r.row.writer = txn.root.writer;
+        r.row.mtime = txn.root.mtime;
+    }
+
+    /// Is `inode` a lock directory whose lock has expired at `now`?
+    pub fn is_expired_lock(&self, inode: u64, now: u32) -> bool {
+        let Some(e) = self.entries.get(&inode) else {
+            return false;
+        };
+        e.is_dir()
+            && self.lock_dir_inode() == Some(e.row.parent)
+            && locks::lock_state(e.row.mtime, now, self.lock_timeout) == locks::LockState::Expired
+    }
+
+    /// Names of the lock directories currently held at `now`.
+    pub fn held_locks(&self, now: u32) -> Vec<String> {
+        let Ok(dir) = self.resolve(paths::LOCK_DIR) else {
+            return Vec::new();
+        };
+        dir.children
+            .iter()
+            .filter_map(|(name, ino)| {
+                let e = &self.entries[ino];
+                (e.is_dir()
+                    && locks::lock_state(e.row.mtime, now, self.lock_timeout)
+                        == locks::LockState::Held)
+                    .then(|| name.clone())
+            })
+            .collect()
+    }
+
+    /// Inode of `priv/lock`, if it exists.
+    pub fn lock_dir_inode(&self) -> Option<u64> {
+        self.resolve(paths::LOCK_DIR).ok().map(|e| e.row.inode)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,396 @@
+//! Persistence behind the in-memory tree: the [`Store`] trait, a no-op store for tests and
+//! simulations, and the SQLite store that reads and writes pmxcfs's `config.db` schema.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::entry::{Kind, RootVersion, Row, DT_REG};
+
+/// One atomic change to persist: rows to delete, rows to insert or replace, and the new
+/// global version record.
+#[derive(Debug, Clone, Default)]
+pub struct Txn {
+    /// Inodes to remove.
+    pub deletes: Vec<u64>,
+    /// Rows to insert or replace.
+    pub upserts: Vec<Row>,
+    /// The global version record after the change.
+    pub root: RootVersion,
+}
+
+/// Errors from the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file is not an SQLite database or is damaged.
+    #[error("{path}: corrupt database: {reason}")]
+    Corrupt {
+        /// Database file.
+        path: PathBuf,
+        /// What SQLite or the validation said.
+        reason: String,
+    },
+    /// A valid SQLite database, but not a pmxcfs one.
+    #[error("{path}: not a pmxcfs database: {reason}")]
+    Foreign {
+        /// Database file.
+        path: PathBuf,
+        /// What is missing or different.
+        reason: String,
+    },
+    /// Any other SQLite failure.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// File system error around the database.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where committed changes go.
+pub trait Store: Send {
+    /// Persist `txn` atomically: afterwards either all of it is durable or none.
+    fn commit(&mut self, txn: &Txn) -> Result<(), StoreError>;
+
+    /// Replace the whole content (used when a cluster sync installs a leader's tree).
+    fn replace_all(&mut self, rows: &[Row], root: RootVersion) -> Result<(), StoreError>;
+
+    /// Fold the write-ahead log into the database (on clean shutdown).
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Bytes written to the database files so far, if known (for benchmarks).
+    fn bytes_written(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A store that keeps nothing: for unit tests and the protocol simulator.
+#[derive(Debug, Default)]
+pub struct NullStore;
+
+impl Store for NullStore {
+    fn commit(&mut self, _txn: &Txn) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn replace_all(&mut self, _rows: &[Row], _root: RootVersion) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// SQLite durability setting for commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `synchronous=NORMAL` in WAL mode, as pmxcfs: a commit survives a process crash
+    /// (kill -9); the last commits may be lost on power failure.
+    Normal,
+    /// `synchronous=FULL`: fsync on every commit, survives power failure too.
+    Full,
+}
+
+/// The SQLite `config.db` store.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tree (
+  inode INTEGER PRIMARY KEY NOT NULL,
+  parent INTEGER NOT NULL CHECK(typeof(parent)=='integer'),
+  version INTEGER NOT NULL CHECK(typeof(version)=='integer'),
+  writer INTEGER NOT NULL CHECK(typeof(writer)=='integer'),
+  mtime INTEGER NOT NULL CHECK(typeof(mtime)=='integer'),
+  type INTEGER NOT NULL CHECK(typeof(type)=='integer'),
+  name TEXT NOT NULL,
+  data BLOB);";
+
+const COLUMNS: [&str; 8] = [
+    "inode", "parent", "version", "writer", "mtime", "type", "name", "data",
+];
+
+const VERSION_NAME: &str = "__version__";
+
+/// What [`SqliteStore::open`] found in the file.
+pub struct Loaded {
+    /// Every entry row (inode 0, the version record, excluded).
+    pub rows: Vec<Row>,
+    /// The version record; a new database starts at version 1.
+    pub root: RootVersion,
+    /// Whether the file was created now.
+    pub created: bool,
+}
+
+impl SqliteStore {
+    /// Open (or create) the database at `path`.
+    ///
+    /// An existing file is first validated through a read-only connection, so that a
+    /// corrupt or foreign file is refused without being modified (not even switched to
+    /// WAL mode).
+    pub fn open(path: &Path, sync: SyncMode) -> Result<(SqliteStore, Loaded), StoreError> {
+        let existing = std::fs::metadata(path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        let mut loaded = if existing {
+            let ro = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| corrupt(path, e))?;
+            validate_schema(&ro, path)?
+        } else {
+            None
+        };
+        let created = loaded.is_none();
+        if created {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        let conn = Connection::open(path).map_err(|e| corrupt(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(db = %path.display(), "could not switch to WAL mode ({mode})");
+        }
+        conn.execute_batch(match sync {
+            SyncMode::Normal => "PRAGMA synchronous=NORMAL;",
+            SyncMode::Full => "PRAGMA synchronous=FULL;",
+        })?;
+        if created {
+            conn.execute_batch(SCHEMA)?;
+            let root = RootVersion {
+                version: 1,
+                writer: 0,
+                mtime: now_secs(),
+            };
+            write_root(&conn, root)?;
+            loaded = Some(Loaded {
+                rows: Vec::new(),
+                root,
+                created: true,
+            });
+        }
+        Ok((
+            SqliteStore {
+                conn,
+                path: path.to_path_buf(),
+            },
+            loaded.expect("set above"),
+        ))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Check that `conn` holds a pmxcfs `tree` table and read it; `None` for an empty
+/// database (no tables at all), which is initialised like a new file.
+fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, StoreError> {
+    let tables: Vec<String> = (|| {
+        let mut st = conn.prepare("SELECT name FROM sqlite_master WHERE type='table'")?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, rusqlite::Error>(names)
+    })()
+    .map_err(|e| corrupt(path, e))?;
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    if !tables.iter().any(|t| t == "tree") {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            reason: format!("no 'tree' table (tables: {})", tables.join(", ")),
+        });
+    }
+    let cols: Vec<String> = (|| {
+        let mut st = conn.prepare("PRAGMA table_info(tree)")?;
+        let c = st
+            .query_map([], |r| r.get::<_, String>(1))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, rusqlite::Error>(c)
+    })()
+    .map_err(|e| corrupt(path, e))?;
+    if cols != COLUMNS {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            reason: format!(
+                "'tree' has columns ({}), expected ({})",
+                cols.join(", "),
+                COLUMNS.join(", ")
+            ),
+        });
+    }
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, e))?;
+    if check != "ok" {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("quick_check: {check}"),
+        });
+    }
+    let mut root = RootVersion::default();
+    let mut rows = Vec::new();
+    let mut st = conn
+        .prepare("SELECT inode, parent, version, writer, mtime, type, name, data FROM tree")
+        .map_err(|e| corrupt(path, e))?;
+    let mut q = st.query([]).map_err(|e| corrupt(path, e))?;
+    while let Some(r) = q.next().map_err(|e| corrupt(path, e))? {
+        let inode: i64 = r.get(0)?;
+        let ty: i64 = r.get(5)?;
+        let name: String = r.get(6).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("inode {inode}: bad name: {e}"),
+        })?;
+        let data: Option<Vec<u8>> = r.get(7)?;
+        if inode == 0 {
+            if name != VERSION_NAME {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("inode 0 is '{name}', expected '{VERSION_NAME}'"),
+                });
+            }
+            root = RootVersion {
+                version: r.get::<_, i64>(2)? as u64,
+                writer: r.get::<_, i64>(3)? as u32,
+                mtime: r.get::<_, i64>(4)? as u32,
+            };
+            continue;
+        }
+        let kind = Kind::from_dtype(ty).ok_or_else(|| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("inode {inode} '{name}': unknown type {ty}"),
+        })?;
+        if kind == Kind::Dir && data.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("directory inode {inode} '{name}' has data"),
+            });
+        }
+        rows.push(Row {
+            inode: inode as u64,
+            parent: r.get::<_, i64>(1)? as u64,
+            version: r.get::<_, i64>(2)? as u64,
+            writer: r.get::<_, i64>(3)? as u32,
+            mtime: r.get::<_, i64>(4)? as u32,
+            kind,
+            name,
+            data: Arc::new(data.unwrap_or_default()),
+        });
+    }
+    // A database without the version record still has a well-defined version: the
+    // highest entry version.
+    let max_row = rows.iter().map(|r| r.version).max().unwrap_or(0);
+    root.version = root.version.max(max_row);
+    Ok(Some(Loaded {
+        rows,
+        root,
+        created: false,
+    }))
+}
+
+fn write_root(conn: &Connection, root: RootVersion) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+         VALUES (0, 0, ?1, ?2, ?3, ?4, ?5, NULL)",
+    )?
+    .execute(params![
+        root.version as i64,
+        root.writer as i64,
+        root.mtime as i64,
+        DT_REG as i64,
+        VERSION_NAME
+    ])?;
+    Ok(())
+}
+
+fn write_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
+    let data: Option<&[u8]> = match row.kind {
+        Kind::File if !row.data.is_empty() => Some(&row.data[..]),
+        _ => None,
+    };
+    conn.prepare_cached(
+        "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        row.inode as i64,
+        row.parent as i64,
+        row.version as i64,
+        row.writer as i64,
+        row.mtime as i64,
+        row.kind.dtype() as i64,
+        row.name,
+        data
+    ])?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn commit(&mut self, txn: &Txn) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for ino in &txn.deletes {
+            tx.prepare_cached("DELETE FROM tree WHERE inode = ?1")?
+                .execute([*ino as i64])?;
+        }
+        for row in &txn.upserts {
+            write_row(&tx, row)?;
+        }
+        write_root(&tx, txn.root)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn replace_all(&mut self, rows: &[Row], root: RootVersion) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM tree", [])?;
+        for row in rows {
+            write_row(&tx, row)?;
+        }
+        write_root(&tx, root)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Read the version record back from disk (used by tests and `status`).
+    pub fn disk_version(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT version FROM tree WHERE inode = 0", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|v| v as u64))
+    }
+}
+
+/// Seconds since the epoch, saturated into pmxcfs's u32 mtime.
+pub fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
+        .unwrap_or(0)
+}

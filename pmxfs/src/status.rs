@@ -1,0 +1,265 @@
+//! Node status shared by the filesystem, the virtual files and `pmxfs status`: node
+//! name, mode, quorum, members, and the per-path change counters of `.version`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// The paths whose change counters `.version` publishes, in pmxcfs's order
+/// (pve-cluster `status.c:memdb_change_array`; Perl's `$observed` must match it).
+pub const OBSERVED_PATHS: &[&str] = &[
+    "corosync.conf",
+    "corosync.conf.new",
+    "storage.cfg",
+    "user.cfg",
+    "domains.cfg",
+    "notifications.cfg",
+    "priv/notifications.cfg",
+    "priv/shadow.cfg",
+    "priv/acme/plugins.cfg",
+    "priv/tfa.cfg",
+    "priv/token.cfg",
+    "priv/wg-keys.cfg",
+    "datacenter.cfg",
+    "vzdump.cron",
+    "vzdump.conf",
+    "jobs.cfg",
+    "ha/crm_commands",
+    "ha/manager_status",
+    "ha/resources.cfg",
+    "ha/rules.cfg",
+    "ha/groups.cfg",
+    "ha/fence.cfg",
+    "status.cfg",
+    "replication.cfg",
+    "ceph.conf",
+    "sdn/vnets.cfg",
+    "sdn/zones.cfg",
+    "sdn/controllers.cfg",
+    "sdn/subnets.cfg",
+    "sdn/ipams.cfg",
+    "sdn/mac-cache.json",
+    "sdn/pve-ipam-state.json",
+    "sdn/dns.cfg",
+    "sdn/fabrics.cfg",
+    "sdn/route-maps.cfg",
+    "sdn/prefix-lists.cfg",
+    "sdn/.running-config",
+    "virtual-guest/cpu-models.conf",
+    "virtual-guest/profiles.cfg",
+    "firewall/cluster.fw",
+    "mapping/directory.cfg",
+    "mapping/pci.cfg",
+    "mapping/usb.cfg",
+];
+
+/// Local (pmxcfs `-l`) or clustered operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// No corosync; always quorate.
+    Local,
+    /// Replicated over corosync.
+    Cluster,
+}
+
+/// A cluster member as `.members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Corosync node id.
+    pub id: u32,
+    /// Whether it is in the current membership.
+    pub online: bool,
+    /// Its address, if known.
+    pub ip: Option<String>,
+}
+
+/// Shared, lock-light node status.
+#[derive(Debug)]
+pub struct Status {
+    /// This node's name.
+    pub nodename: String,
+    /// Operation mode.
+    pub mode: Mode,
+    /// Daemon start time (seconds); Perl drops its caches when it changes.
+    pub start_time: u64,
+    quorate: AtomicBool,
+    clinfo_version: AtomicU32,
+    cluster_name: Mutex<Option<String>>,
+    members: Mutex<Vec<Member>>,
+    counters: Mutex<HashMap<&'static str, u32>>,
+}
+
+impl Status {
+    /// Status for a node starting now.
+    pub fn new(nodename: String, mode: Mode) -> Status {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Status {
+            nodename,
+            mode,
+            start_time,
+            quorate: AtomicBool::new(mode == Mode::Local),
+            clinfo_version: AtomicU32::new(0),
+            cluster_name: Mutex::new(None),
+            members: Mutex::new(Vec::new()),
+            counters: Mutex::new(OBSERVED_PATHS.iter().map(|p| (*p, 0)).collect()),
+        }
+    }
+
+    /// Whether writes are allowed.
+    pub fn quorate(&self) -> bool {
+        self.quorate.load(Ordering::Acquire)
+    }
+
+    /// Set the quorum state (cluster mode).
+    pub fn set_quorate(&self, q: bool) {
+        self.quorate.store(q, Ordering::Release);
+    }
+
+    /// Replace the member list and cluster name; bumps the clinfo counter.
+    pub fn set_members(&self, cluster_name: Option<String>, members: Vec<Member>) {
+        *self.cluster_name.lock() = cluster_name;
+        *self.members.lock() = members;
+        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Current members.
+    pub fn members(&self) -> Vec<Member> {
+        self.members.lock().clone()
+    }
+
+    /// Record that `path` changed (pmxcfs `record_memdb_change`).
+    pub fn record_change(&self, path: &str) {
+        if let Some(c) = self.counters.lock().get_mut(path) {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    /// Record that everything may have changed (pmxcfs `record_memdb_reload`).
+    pub fn record_reload(&self) {
+        for c in self.counters.lock().values_mut() {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    /// `.version` content.
+    pub fn version_json(&self, vmlist_version: u32) -> String {
+        let counters = self.counters.lock();
+        let mut s = String::from("{\n");
+        s += &format!("\"starttime\": {},\n", self.start_time);
+        s += &format!(
+            "\"clinfo\": {},\n",
+            self.clinfo_version.load(Ordering::Acquire)
+        );
+        s += &format!("\"vmlist\": {vmlist_version},\n");
+        for p in OBSERVED_PATHS {
+            s += &format!("\"{p}\": {},\n", counters.get(p).copied().unwrap_or(0));
+        }
+        s += &format!(
+            "\"kvstore\": {{\n{}: {{\n}}\n}}\n",
+            json_str(&self.nodename)
+        );
+        s += "}\n";
+        s
+    }
+
+    /// `.members` content, in pmxcfs's layout.
+    pub fn members_json(&self) -> String {
+        let members = self.members.lock();
+        let version = self.clinfo_version.load(Ordering::Acquire);
+        let mut s = String::from("{\n");
+        s += &format!("\"nodename\": {},\n", json_str(&self.nodename));
+        if members.is_empty() {
+            s += &format!("\"version\": {version}\n}}\n");
+            return s;
+        }
+        s += &format!("\"version\": {version},\n");
+        let name = self.cluster_name.lock().clone().unwrap_or_default();
+        s += &format!(
+            "\"cluster\": {{ \"name\": {}, \"version\": 1, \"nodes\": {}, \"quorate\": {} }},\n",
+            json_str(&name),
+            members.len(),
+            u8::from(self.quorate())
+        );
+        s += "\"nodelist\": {\n";
+        let rows: Vec<String> = members
+            .iter()
+            .map(|m| {
+                let ip =
+                    m.ip.as_ref()
+                        .map(|ip| format!(", \"ip\": {}", json_str(ip)))
+                        .unwrap_or_default();
+                format!(
+                    "  {}: {{ \"id\": {}, \"online\": {}{ip}}}",
+                    json_str(&m.name),
+                    m.id,
+                    u8::from(m.online)
+                )
+            })
+            .collect();
+        s += &rows.join(",\n");
+        s += "\n  }\n}\n";
+        s
+    }
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_counts_observed_paths() {
+        let st = Status::new("n1".into(), Mode::Local);
+        st.record_change("storage.cfg");
+        st.record_change("not-observed");
+        st.record_reload();
+        let v: serde_json::Value = serde_json::from_str(&st.version_json(3)).unwrap();
+        assert_eq!(v["storage.cfg"], 2);
+        assert_eq!(v["user.cfg"], 1);
+        assert_eq!(v["vmlist"], 3);
+        assert!(v.get("not-observed").is_none());
+        assert_eq!(OBSERVED_PATHS.len(), 43);
+    }
+
+    #[test]
+    fn members_local_and_cluster() {
+        let st = Status::new("n1".into(), Mode::Local);
+        assert_eq!(
+            st.members_json(),
+            "{\n\"nodename\": \"n1\",\n\"version\": 0\n}\n"
+        );
+        st.set_members(
+            Some("c".into()),
+            vec![
+                Member {
+                    name: "n1".into(),
+                    id: 1,
+                    online: true,
+                    ip: Some("10.0.0.1".into()),
+                },
+                Member {
+                    name: "n2".into(),
+                    id: 2,
+                    online: false,
+                    ip: None,
+                },
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&st.members_json()).unwrap();
+        assert_eq!(v["cluster"]["quorate"], 1);
+        assert_eq!(v["nodelist"]["n2"]["online"], 0);
+        assert_eq!(v["nodelist"]["n1"]["ip"], "10.0.0.1");
+    }
+}

@@ -1,0 +1,283 @@
+//! Harness for end-to-end tests and benchmarks: start the real `pmxfs` binary on a
+//! temporary mount point and database, and always clean up, even when the daemon hangs
+//! (the FUSE connection is then aborted through fusectl before unmounting).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of a binary built from this workspace, next to the test executable's profile.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build it first (cargo build --workspace --bins, same profile)",
+        p.display()
+    );
+    p
+}
+
+/// A running pmxfs on a temporary directory.
+pub struct Pmxfs {
+    /// Temporary directory holding mount, db, run dir and log.
+    pub dir: tempfile::TempDir,
+    /// Mount point.
+    pub mnt: PathBuf,
+    /// Database file.
+    pub db: PathBuf,
+    /// `PMXFS_RUN_DIR` of this instance.
+    pub run: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Pmxfs {
+    /// Start with extra arguments (always `--local --debug-remote-ops`).
+    pub fn start(extra: &[&str]) -> Pmxfs {
+        let dir = tempfile::Builder::new()
+            .prefix("pmxfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        let db = dir.path().join("config.db");
+        let run = dir.path().join("run");
+        let mut p = Pmxfs {
+            dir,
+            mnt,
+            db,
+            run,
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        p.spawn_and_wait();
+        p
+    }
+
+    /// The command line this instance runs with.
+    pub fn command(&self) -> Command {
+        self.command_for(&self.db, &self.mnt)
+    }
+
+    /// This instance's command line with another database and mount point.
+    pub fn command_for(&self, db: &Path, mnt: &Path) -> Command {
+        let mut c = Command::new(bin("pmxfs"));
+        c.arg("--local")
+            .arg("--debug-remote-ops")
+            .arg("--nodename")
+            .arg("n1")
+            .arg("--mount")
+            .arg(mnt)
+            .arg("--db")
+            .arg(db)
+            .args(&self.args)
+            .env("PMXFS_RUN_DIR", &self.run)
+            .env("PMXFS_LOG", "warn");
+        c
+    }
+
+    fn spawn_and_wait(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pmxfs.log"))
+            .expect("log");
+        let child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pmxfs");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while !is_mounted(&self.mnt) || !socket_ready(&self.run) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("pmxfs exited early ({st}): {}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "pmxfs did not mount: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pmxfs.log")).unwrap_or_default()
+    }
+
+    /// Path inside the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Ask the control socket.
+    pub fn request(&self, req: Value) -> Value {
+        use std::io::{BufRead, BufReader, Write};
+        let sock = std::fs::read_dir(&self.run)
+            .expect("run dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sock"))
+            .expect("control socket");
+        let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).expect("json reply")
+    }
+
+    /// `status` document.
+    pub fn status(&self) -> Value {
+        self.request(serde_json::json!({"cmd": "status"}))
+    }
+
+    /// Apply an operation as if it came from another node; panics on failure.
+    pub fn remote(&self, op: Value) -> Value {
+        let r = self.request(serde_json::json!({"cmd": "apply", "op": op}));
+        assert!(r.get("error").is_none(), "remote op failed: {r}");
+        r
+    }
+
+    /// Stop with SIGTERM and wait; returns whether it exited by itself in time.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if c.try_wait().ok().flatten().is_some() {
+                return !is_mounted(&self.mnt);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        abort_mount(&self.mnt);
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Kill -9 (no clean unmount), then clear the dead mount.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        abort_mount(&self.mnt);
+    }
+
+    /// Start again on the same directory and database.
+    pub fn restart(&mut self) {
+        self.spawn_and_wait();
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+}
+
+impl Drop for Pmxfs {
+    fn drop(&mut self) {
+        if !self.stop() {
+            eprintln!("pmxfs did not stop cleanly; log:\n{}", self.log());
+        }
+        abort_mount(&self.mnt);
+    }
+}
+
+fn socket_ready(run: &Path) -> bool {
+    std::fs::read_dir(run)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        })
+        .unwrap_or(false)
+}
+
+/// Mount point → FUSE connection minor, read from mountinfo (never stat a FUSE mount
+/// that may be hung).
+fn fuse_minor(mnt: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mnt.to_string_lossy();
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want && l.contains(" - fuse"))
+            .then(|| f[2].split(':').nth(1).unwrap_or("").to_string())
+    })
+}
+
+/// Whether `mnt` is a mount point (from mountinfo).
+pub fn is_mounted(mnt: &Path) -> bool {
+    fuse_minor(mnt).is_some()
+}
+
+/// Abort the FUSE connection of `mnt` (if still mounted) and detach it.
+pub fn abort_mount(mnt: &Path) {
+    let Some(minor) = fuse_minor(mnt) else { return };
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !ctl.join(&minor).exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .status();
+    }
+    let _ = std::fs::write(ctl.join(&minor).join("abort"), "1");
+    let _ = Command::new("umount").arg("-l").arg(mnt).status();
+}
+
+/// `statx` with AT_STATX_FORCE_SYNC: always asks the daemon (the ground truth).
+pub fn statx_fresh(p: &Path) -> std::io::Result<(u64, i64)> {
+    statx_flags(p, libc::AT_STATX_FORCE_SYNC)
+}
+
+fn statx_flags(p: &Path, flags: i32) -> std::io::Result<(u64, i64)> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statx writes into a zeroed, properly sized struct we own.
+    unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        if libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((st.stx_size, st.stx_mtime.tv_sec))
+    }
+}
+
+/// Plain `stat()`: what most programs see, possibly from the kernel's cache.
+pub fn stat_cached(p: &Path) -> std::io::Result<(u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p)?;
+    Ok((m.size(), m.mtime()))
+}
+
+/// The errno of an io::Error.
+pub fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
