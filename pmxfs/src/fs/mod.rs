@@ -17,7 +17,7 @@ use crate::coherence::{self, Policy, Ttls};
 use crate::memdb::{store::now_secs, Applied, Change, LockEvent, MemDb, Op, OpCtx, ROOT_INODE};
 use crate::notify::Invalidator;
 use crate::status::Status;
-use crate::version_shm::VersionShmWriter;
+use crate::version_shm::{self, VersionShmWriter};
 use crate::vfiles::VIRT_BASE;
 
 pub use handles::Handles;
@@ -58,7 +58,7 @@ pub struct Shared {
     /// invalidating.
     known: Mutex<HashMap<u64, u64>>,
     inval: OnceLock<Invalidator>,
-    shm: Option<VersionShmWriter>,
+    shm: Option<Arc<VersionShmWriter>>,
     /// Operations applied since start.
     pub ops_applied: AtomicU64,
     /// LOOKUP requests served (each one is a kernel cache miss).
@@ -84,7 +84,7 @@ impl Shared {
             handles: Handles::default(),
             known: Mutex::new(HashMap::new()),
             inval: OnceLock::new(),
-            shm,
+            shm: shm.map(Arc::new),
             ops_applied: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             getattrs: AtomicU64::new(0),
@@ -164,12 +164,35 @@ impl Shared {
         self.ops_applied.fetch_add(1, Ordering::Relaxed);
         for p in &applied.paths {
             self.status.record_change(p);
-            if let Some(shm) = &self.shm {
-                shm.bump(p);
-            }
         }
-        if origin == Origin::Remote {
-            self.push_invalidations(&applied);
+        match (origin, self.invalidator(), &self.shm) {
+            (Origin::Remote, Some(inv), shm) => {
+                self.push_invalidations(&applied);
+                // Readers of the shared-memory versions (token cache, key cache) must
+                // never see a new generation while the kernel still shows the old
+                // file: bump only after the invalidations have reached the kernel, and
+                // make names revalidate if a tracked path was replaced or removed.
+                if let Some(shm) = shm.clone() {
+                    let tracked: Vec<String> = applied
+                        .paths
+                        .iter()
+                        .filter(|p| version_shm::slot_of(p).is_some())
+                        .cloned()
+                        .collect();
+                    if !tracked.is_empty() {
+                        if applied
+                            .changes
+                            .iter()
+                            .any(|c| matches!(c, Change::Name { .. }))
+                        {
+                            inv.epoch();
+                        }
+                        inv.then(move || tracked.iter().for_each(|p| shm.bump(p)));
+                    }
+                }
+            }
+            (_, _, Some(shm)) => applied.paths.iter().for_each(|p| shm.bump(p)),
+            (_, _, None) => {}
         }
         Ok(applied)
     }

@@ -7,6 +7,7 @@
 //! commit leaves both the database and the tree unchanged.
 
 pub mod entry;
+pub mod index;
 pub mod op;
 pub mod paths;
 pub mod store;
@@ -97,6 +98,76 @@ fn root_entry(root: RootVersion) -> Entry {
     }
 }
 
+/// Build the in-memory tree from rows, refusing what pmxcfs refuses: empty names,
+/// duplicate names in a directory, parents that are missing or not directories, and
+/// entries not reachable from the root.
+fn build_tree(rows: Vec<Row>, root: RootVersion) -> Result<(HashMap<u64, Entry>, u64), LoadError> {
+    let mut entries: HashMap<u64, Entry> = HashMap::with_capacity(rows.len() + 1);
+    entries.insert(ROOT_INODE, root_entry(root));
+    let mut bytes = 0u64;
+    for row in rows {
+        if row.name.is_empty() {
+            return Err(LoadError::Invalid(format!(
+                "inode {} has an empty name",
+                row.inode
+            )));
+        }
+        if let Err(e) = check_name(&row.name) {
+            if e != Errno::ENAMETOOLONG {
+                return Err(LoadError::Invalid(format!(
+                    "inode {} has an invalid name '{}'",
+                    row.inode, row.name
+                )));
+            }
+        }
+        bytes += row.data.len() as u64;
+        let ino = row.inode;
+        entries.insert(
+            ino,
+            Entry {
+                row,
+                children: BTreeMap::new(),
+            },
+        );
+    }
+    let links: Vec<(u64, u64, String)> = entries
+        .values()
+        .filter(|e| e.row.inode != ROOT_INODE)
+        .map(|e| (e.row.parent, e.row.inode, e.row.name.clone()))
+        .collect();
+    for (parent, ino, name) in links {
+        let p = entries.get_mut(&parent).ok_or_else(|| {
+            LoadError::Invalid(format!(
+                "missing directory inode {parent} (parent of {ino})"
+            ))
+        })?;
+        if !p.is_dir() {
+            return Err(LoadError::Invalid(format!(
+                "parent {parent} of inode {ino} is not a directory"
+            )));
+        }
+        if p.children.insert(name.clone(), ino).is_some() {
+            return Err(LoadError::Invalid(format!(
+                "found entry with duplicate name '{name}' in directory {parent}"
+            )));
+        }
+    }
+    // Every entry must hang off the root (no cycles, no detached subtrees).
+    let mut reached = 0usize;
+    let mut stack = vec![ROOT_INODE];
+    while let Some(i) = stack.pop() {
+        reached += 1;
+        stack.extend(entries[&i].children.values().copied());
+    }
+    if reached != entries.len() {
+        return Err(LoadError::Invalid(format!(
+            "{} entries are not reachable from the root",
+            entries.len() - reached
+        )));
+    }
+    Ok((entries, bytes))
+}
+
 impl MemDb {
     /// Build the tree from loaded rows, refusing what pmxcfs refuses: empty names,
     /// duplicate names in a directory, parents that are missing or not directories, and
@@ -107,69 +178,7 @@ impl MemDb {
         store: Box<dyn Store>,
         limits: Limits,
     ) -> Result<MemDb, LoadError> {
-        let mut entries: HashMap<u64, Entry> = HashMap::with_capacity(rows.len() + 1);
-        entries.insert(ROOT_INODE, root_entry(root));
-        let mut bytes = 0u64;
-        for row in rows {
-            if row.name.is_empty() {
-                return Err(LoadError::Invalid(format!(
-                    "inode {} has an empty name",
-                    row.inode
-                )));
-            }
-            if let Err(e) = check_name(&row.name) {
-                if e != Errno::ENAMETOOLONG {
-                    return Err(LoadError::Invalid(format!(
-                        "inode {} has an invalid name '{}'",
-                        row.inode, row.name
-                    )));
-                }
-            }
-            bytes += row.data.len() as u64;
-            let ino = row.inode;
-            entries.insert(
-                ino,
-                Entry {
-                    row,
-                    children: BTreeMap::new(),
-                },
-            );
-        }
-        let links: Vec<(u64, u64, String)> = entries
-            .values()
-            .filter(|e| e.row.inode != ROOT_INODE)
-            .map(|e| (e.row.parent, e.row.inode, e.row.name.clone()))
-            .collect();
-        for (parent, ino, name) in links {
-            let p = entries.get_mut(&parent).ok_or_else(|| {
-                LoadError::Invalid(format!(
-                    "missing directory inode {parent} (parent of {ino})"
-                ))
-            })?;
-            if !p.is_dir() {
-                return Err(LoadError::Invalid(format!(
-                    "parent {parent} of inode {ino} is not a directory"
-                )));
-            }
-            if p.children.insert(name.clone(), ino).is_some() {
-                return Err(LoadError::Invalid(format!(
-                    "found entry with duplicate name '{name}' in directory {parent}"
-                )));
-            }
-        }
-        // Every entry must hang off the root (no cycles, no detached subtrees).
-        let mut reached = 0usize;
-        let mut stack = vec![ROOT_INODE];
-        while let Some(i) = stack.pop() {
-            reached += 1;
-            stack.extend(entries[&i].children.values().copied());
-        }
-        if reached != entries.len() {
-            return Err(LoadError::Invalid(format!(
-                "{} entries are not reachable from the root",
-                entries.len() - reached
-            )));
-        }
+        let (entries, bytes) = build_tree(rows, root)?;
         let mut db = MemDb {
             entries,
             root,
@@ -181,6 +190,70 @@ impl MemDb {
         };
         db.vms = VmIndex::rebuild(&db);
         Ok(db)
+    }
+
+    /// Rows for these inodes, for a cluster sync; inode 0 is the root's version record.
+    pub fn rows_for(&self, inodes: &[u64]) -> Vec<Row> {
+        inodes
+            .iter()
+            .filter_map(|i| self.entries.get(i).map(|e| e.row.clone()))
+            .collect()
+    }
+
+    /// Install a cluster leader's tree: keep our entries whose inode the leader also has
+    /// and did not send, take the `updates` it sent (the root's row, inode 0, carries the
+    /// version record), check that the result's index equals `leader` byte for byte, then
+    /// persist it in one transaction. On any failure nothing changes.
+    pub fn install_sync(
+        &mut self,
+        leader: &[index::IndexEntry],
+        updates: Vec<Row>,
+    ) -> Result<(), String> {
+        let wanted: std::collections::HashSet<u64> = leader.iter().map(|(i, _)| *i).collect();
+        let mut root = self.root;
+        let mut by_inode: HashMap<u64, Row> = HashMap::new();
+        for r in updates {
+            if r.inode == ROOT_INODE {
+                root = RootVersion {
+                    version: r.version,
+                    writer: r.writer,
+                    mtime: r.mtime,
+                };
+            } else {
+                by_inode.insert(r.inode, r);
+            }
+        }
+        let mut rows: Vec<Row> = self
+            .entries
+            .values()
+            .filter(|e| e.row.inode != ROOT_INODE)
+            .filter(|e| wanted.contains(&e.row.inode) && !by_inode.contains_key(&e.row.inode))
+            .map(|e| e.row.clone())
+            .collect();
+        rows.extend(by_inode.into_values());
+        let (entries, bytes) = build_tree(rows.clone(), root).map_err(|e| e.to_string())?;
+        let mut got: Vec<index::IndexEntry> = entries
+            .values()
+            .map(|e| (e.row.inode, index::entry_digest(e)))
+            .collect();
+        got.sort_unstable_by_key(|(i, _)| *i);
+        if got != leader {
+            return Err(format!(
+                "new index does not match the leader's ({} entries here, {} there)",
+                got.len(),
+                leader.len()
+            ));
+        }
+        rows.sort_by_key(|r| r.inode);
+        self.store
+            .get_mut()
+            .replace_all(&rows, root)
+            .map_err(|e| format!("persisting the synced tree failed: {e}"))?;
+        self.entries = entries;
+        self.bytes = bytes;
+        self.root = root;
+        self.vms = VmIndex::rebuild(self);
+        Ok(())
     }
 
     /// An empty tree at version 1 over `store`.
@@ -201,6 +274,11 @@ impl MemDb {
     /// The lock expiry in seconds.
     pub fn lock_timeout(&self) -> u32 {
         self.lock_timeout
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries_iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
     }
 
     /// Entry by inode.

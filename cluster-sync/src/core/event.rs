@@ -1,0 +1,67 @@
+//! The core's inputs and outputs.
+use super::message::Message;
+use super::types::{Member, Mode, NodeId, ReqId};
+
+/// An input to [`super::Node::handle`].
+#[derive(Debug, Clone)]
+pub enum Event<O, E> {
+    /// CPG configuration change (members is the full new membership).
+    ConfChg {
+        /// Current members.
+        members: Vec<Member>,
+        /// Members that left.
+        left: Vec<Member>,
+        /// Members that joined.
+        joined: Vec<Member>,
+    },
+    /// A message delivered by CPG in agreed order (already decoded).
+    Deliver {
+        /// Sender.
+        from: Member,
+        /// The message.
+        msg: Message<O, E>,
+    },
+    /// Quorum changed (from the quorum service).
+    Quorum(bool),
+    /// A local caller wants `op` applied cluster-wide.
+    LocalRequest {
+        /// Routes the reply.
+        req_id: ReqId,
+        /// The write.
+        op: O,
+    },
+    /// The adapter's wall clock (seconds); stamps outgoing messages.
+    Tick {
+        /// Current time.
+        now: u32,
+    },
+}
+
+/// An output of [`super::Node::handle`], to be carried out in order.
+#[derive(Debug, Clone)]
+pub enum Action<O, E, R> {
+    /// Multicast to the group (CPG AGREED).
+    Multicast(Message<O, E>),
+    /// Answer a local request; sent exactly once per `LocalRequest`.
+    Reply {
+        /// The request.
+        req_id: ReqId,
+        /// Its outcome.
+        result: Result<(), R>,
+    },
+    /// `op` was applied to the database (successfully).
+    Applied {
+        /// The op.
+        op: O,
+        /// Its writer.
+        writer: NodeId,
+        /// Writer's time it was applied with.
+        time: u32,
+        /// Written by this node (its kernel already saw the change).
+        local: bool,
+    },
+    /// The database was replaced by the leader's: invalidate everything.
+    SyncInstalled,
+    /// The protocol mode changed.
+    ModeChanged(Mode),
+}

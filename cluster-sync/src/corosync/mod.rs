@@ -1,0 +1,16 @@
+//! Thin safe wrappers over corosync's CPG, quorum and cmap client libraries.
+//!
+//! Each wrapper owns its library handle and finalizes it on drop. Callbacks never call
+//! back into the library: they only append an event to a queue kept in a boxed context
+//! (passed to corosync as the C context pointer, so no globals are needed) and the
+//! caller drains that queue after `dispatch` returns.
+pub mod cmap;
+pub mod cpg;
+pub mod error;
+pub mod ffi;
+pub mod quorum;
+
+pub use cmap::{Cmap, NodeEntry};
+pub use cpg::{Cpg, CpgAddress, CpgEvent, CpgReason, Dispatch, RetryPolicy, RingId};
+pub use error::{CsError, Result};
+pub use quorum::{Quorum, QuorumEvent};
