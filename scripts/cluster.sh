@@ -7,6 +7,8 @@
 #   scripts/cluster.sh cut K | heal K            take node K's link down / up (partition)
 #   scripts/cluster.sh exec K CMD...             run CMD in node K's network namespace
 #   scripts/cluster.sh status [DIR]              show nodes, quorum, daemons, mounts
+#   scripts/cluster.sh pmxfs-kill K [DIR]        kill -9 node K's pmxfs and abort its mount
+#   scripts/cluster.sh pmxfs-start K [DIR]       start node K's pmxfs again (same binary/args)
 #
 # Env: PMXFS_CLUSTER_DIR (default DIR), PMXFS_BIN (pmxfs binary; otherwise looked up in
 # PATH and target/{release,debug}), PMXFS_ARGS (extra pmxfs arguments), TOKEN (totem
@@ -200,6 +202,7 @@ cmd_up() {
     done
     log "corosync: $n nodes quorate after $(awk -v t="$t" 'BEGIN{printf "%.1f", t*0.2}') s"
     if [ -n "$bin" ]; then
+        printf 'BIN=%q\nPMXFS_ARGS=%q\n' "$bin" "${PMXFS_ARGS:-}" >"$d/pmxfs.env"
         for ((k = 1; k <= n; k++)); do start_pmxfs "$d" "$k" "$bin"; done
         for ((k = 1; k <= n; k++)); do wait_pmxfs "$d" "$k" || die "pmxfs did not come up; run: $0 down $d"; done
         log "pmxfs mounted at $d/n{1..$n}/mnt"
@@ -319,6 +322,38 @@ cmd_exec() {
     exec nsenter --net="/run/netns/$GROUP_PREFIX$k" -- "$@"
 }
 
+abort_mount() { # abort_mount MOUNTPOINT: abort the FUSE connection (never stat it), detach
+    local m=$1 minor
+    grep -q ' /sys/fs/fuse/connections ' /proc/self/mountinfo ||
+        mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || true
+    minor=$(awk -v m="$m" '$5==m && / - fuse/ { split($3, mm, ":"); print mm[2] }' /proc/self/mountinfo)
+    for x in $minor; do
+        echo 1 >"/sys/fs/fuse/connections/$x/abort" 2>/dev/null || true
+        umount -l "$m" 2>/dev/null || true
+    done
+}
+
+cmd_pmxfs_kill() {
+    local k=${1:?usage: pmxfs-kill K [DIR]} d=${2:-$DEFAULT_DIR} pid
+    need_root
+    pid=$(cat "$d/n$k/pmxfs.pid" 2>/dev/null) || die "no pmxfs pid for n$k"
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    abort_mount "$d/n$k/mnt"
+    rm -f "$d/n$k/pmxfs.pid" "$d/n$k/ready"
+}
+
+cmd_pmxfs_start() {
+    local k=${1:?usage: pmxfs-start K [DIR]} d=${2:-$DEFAULT_DIR} BIN PMXFS_ARGS
+    need_root
+    [ -f "$d/pmxfs.env" ] || die "no pmxfs recorded in $d"
+    # shellcheck disable=SC1091
+    . "$d/pmxfs.env"
+    mv -f "$d/n$k/pmxfs.log" "$d/n$k/pmxfs.log.prev" 2>/dev/null || true
+    PMXFS_ARGS=$PMXFS_ARGS start_pmxfs "$d" "$k" "$BIN"
+    wait_pmxfs "$d" "$k"
+}
+
 cmd_status() {
     local d=${1:-$DEFAULT_DIR} n k p q link pm mnt
     [ -d "$d" ] && d=$(cd "$d" && pwd)
@@ -345,5 +380,7 @@ cut) shift; cmd_cut "$@" ;;
 heal) shift; cmd_heal "$@" ;;
 exec) shift; cmd_exec "$@" ;;
 status) shift; cmd_status "$@" ;;
-*) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+pmxfs-kill) shift; cmd_pmxfs_kill "$@" ;;
+pmxfs-start) shift; cmd_pmxfs_start "$@" ;;
+ *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -163,7 +163,17 @@ fn ensure_base_dirs(sh: &Shared, nodename: &str) {
     ];
     for d in dirs {
         if sh.db.read().resolve(&d).is_err() {
-            if let Err(e) = sh.apply_local(&Op::Mkdir { path: d.clone() }) {
+            if let Err(e) = sh
+                .apply_local(&Op::Mkdir { path: d.clone() })
+                .map(|_| ())
+                .or_else(|e| {
+                    if e == nix::errno::Errno::EEXIST {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            {
                 tracing::warn!("cannot create {d}: {e}");
             }
         }
@@ -172,9 +182,6 @@ fn ensure_base_dirs(sh: &Shared, nodename: &str) {
 
 /// Run the daemon until a signal or an external unmount.
 pub fn run(opts: DaemonOpts) -> Result<()> {
-    if !opts.local {
-        bail!("cluster mode is not built yet: run with --local");
-    }
     if let Some(dir) = opts.db.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)?;
@@ -197,7 +204,12 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         "database loaded"
     );
 
-    let status = Arc::new(Status::new(opts.nodename.clone(), Mode::Local));
+    let mode = if opts.local {
+        Mode::Local
+    } else {
+        Mode::Cluster
+    };
+    let status = Arc::new(Status::new(opts.nodename.clone(), mode));
     status.record_reload();
     let shm_path = version_shm::shm_path_for_mount(&mount);
     let shm = match VersionShmWriter::open_or_create(&shm_path) {
@@ -212,7 +224,9 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         default: opts.ttls,
     };
     let sh = Shared::new(db, status, policy, www_data_gid(), shm);
-    ensure_base_dirs(&sh, &opts.nodename);
+    if opts.local {
+        ensure_base_dirs(&sh, &opts.nodename);
+    }
 
     let mut cfg = Config::default();
     cfg.mount_options = vec![
@@ -222,14 +236,33 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         MountOption::NoDev,
     ];
     cfg.acl = SessionACL::All;
-    cfg.n_threads = Some(opts.threads.max(1));
-    cfg.clone_fd = opts.threads > 1;
+    // In cluster mode a writer's request waits for its delivery; keep threads free for
+    // readers meanwhile.
+    let threads = if opts.local {
+        opts.threads.max(1)
+    } else {
+        opts.threads.max(4)
+    };
+    cfg.n_threads = Some(threads);
+    cfg.clone_fd = threads > 1;
     let session = Session::new(PmxFs::new(sh.clone()), &mount, &cfg)
         .with_context(|| format!("cannot mount on {}", mount.display()))?;
     let dev = session.as_fd().try_clone_to_owned()?;
     sh.set_invalidator(Invalidator::start(session.notifier(), dev)?);
     let bg = session.spawn()?;
-    tracing::info!(mount = %mount.display(), coherence = opts.coherence, "mounted");
+    tracing::info!(mount = %mount.display(), coherence = opts.coherence, ?mode, "mounted");
+    if !opts.local {
+        sh.set_replicator(Box::new(crate::cluster::runner::start(sh.clone())?));
+        let (sh2, name) = (sh.clone(), opts.nodename.clone());
+        std::thread::Builder::new()
+            .name("pmxfs-base-dirs".into())
+            .spawn(move || {
+                while !sh2.status.quorate() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                ensure_base_dirs(&sh2, &name);
+            })?;
+    }
 
     let sock = control::socket_path(&mount);
     if let Some(d) = sock.parent() {

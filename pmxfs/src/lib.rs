@@ -4,6 +4,7 @@
 //! tree and its SQLite store), [`locks`] and [`coherence`] are pure; [`fs`] adapts them
 //! to FUSE, [`notify`] talks back to the kernel, [`daemon`] wires it all together.
 pub mod cfs_lock;
+pub mod cluster;
 pub mod coherence;
 pub mod control;
 pub mod daemon;

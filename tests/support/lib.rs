@@ -281,3 +281,208 @@ pub fn stat_cached(p: &Path) -> std::io::Result<(u64, i64)> {
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
 }
+
+/// A real N-node corosync + pmxfs cluster from `scripts/cluster.sh`, torn down on drop.
+pub struct Cluster {
+    /// State directory (node K's mount is `dir/nK/mnt`).
+    pub dir: PathBuf,
+    /// Number of nodes.
+    pub n: usize,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `scripts/cluster.sh` of this repository.
+pub fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+}
+
+impl Cluster {
+    /// Bring up `n` nodes with pmxfs started with `pmxfs_args`.
+    ///
+    /// A watchdog tears the cluster down after `PMXFS_CLUSTER_TEST_TIMEOUT` seconds
+    /// (default 300): aborting the FUSE connections makes any hung call fail, so a hang
+    /// fails the test instead of stalling the run.
+    pub fn up(n: usize, pmxfs_args: &str) -> Cluster {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pmxfs-e2e-cluster-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let c = Cluster {
+            dir,
+            n,
+            done: Default::default(),
+        };
+        let limit: u64 = std::env::var("PMXFS_CLUSTER_TEST_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let (done, wdir) = (c.done.clone(), c.dir.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(limit) {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!("watchdog: cluster test exceeded {limit} s, tearing the cluster down");
+            let _ = Command::new("bash")
+                .arg(cluster_script())
+                .arg("down")
+                .arg(&wdir)
+                .output();
+        });
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .args(["up", &n.to_string()])
+            .arg(&c.dir)
+            .env("PMXFS_BIN", bin("pmxfs"))
+            .env("PMXFS_ARGS", pmxfs_args)
+            .output()
+            .expect("run cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+        c
+    }
+
+    /// Node `k`'s mount point.
+    pub fn mnt(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("n{k}/mnt"))
+    }
+
+    /// Run a `cluster.sh` subcommand against this cluster.
+    pub fn script(&self, cmd: &str, k: usize) {
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .args([cmd, &k.to_string()])
+            .arg(&self.dir)
+            .output()
+            .expect("run cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh {cmd} {k}: {out:?}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Cut node `k`'s link.
+    pub fn cut(&self, k: usize) {
+        let st = Command::new("ip")
+            .args(["link", "set", &format!("veth{k}"), "down"])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()));
+    }
+
+    /// Restore node `k`'s link.
+    pub fn heal(&self, k: usize) {
+        let st = Command::new("ip")
+            .args(["link", "set", &format!("veth{k}"), "up"])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()));
+    }
+
+    /// `pmxfs status --json` of node `k`.
+    pub fn status(&self, k: usize) -> Value {
+        let out = Command::new(bin("pmxfs"))
+            .args(["status", "--json", "--mount"])
+            .arg(self.mnt(k))
+            .output()
+            .expect("pmxfs status");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Every node's pmxfs log (for failure messages).
+    pub fn logs(&self) -> String {
+        (1..=self.n)
+            .map(|k| {
+                let log = std::fs::read_to_string(self.dir.join(format!("n{k}/pmxfs.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- n{k}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = Command::new("bash")
+            .arg(cluster_script())
+            .arg("down")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Poll `f` every 50 ms until it is true or `limit` passes; returns the time it took.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A digest of a mounted tree's real entries (paths and contents; virtual entries and
+/// lock directories excluded), to compare nodes.
+pub fn tree_digest(root: &Path) -> String {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let r = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if rel.is_empty()
+                && (name.starts_with('.')
+                    || ["local", "lxc", "openvz", "qemu-server"].contains(&name.as_str()))
+            {
+                continue;
+            }
+            if r == "priv/lock" {
+                continue;
+            }
+            let p = dir.join(&name);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    out.push(format!("d {r}"));
+                    walk(&p, &r, out);
+                }
+                Ok(_) => {
+                    let data = std::fs::read(&p).unwrap_or_default();
+                    out.push(format!("f {r} {}", String::from_utf8_lossy(&data)));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, "", &mut out);
+    out.join("\n")
+}

@@ -33,6 +33,25 @@ pub fn memdb_ino(fuse: u64) -> Option<u64> {
     (fuse < VIRT_BASE).then(|| fuse - 1)
 }
 
+/// Submits local writes to the cluster and waits for their outcome.
+pub trait Replicator: Send + Sync {
+    /// Multicast `op` and block until this node applied it (or it failed).
+    fn submit(&self, op: Op) -> Result<(), Errno>;
+}
+
+/// The lock event a successful `op` causes, known without applying it.
+pub fn lock_event_of(op: &Op) -> Option<LockEvent> {
+    match op {
+        Op::Mkdir { path } => {
+            crate::memdb::paths::lock_name(path).map(|n| LockEvent::Acquired(n.to_string()))
+        }
+        Op::Delete { path } => {
+            crate::memdb::paths::lock_name(path).map(|n| LockEvent::Released(n.to_string()))
+        }
+        _ => None,
+    }
+}
+
 /// Where an applied operation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -61,6 +80,7 @@ pub struct Shared {
     shm: Option<Arc<VersionShmWriter>>,
     /// Operations applied since start.
     pub ops_applied: AtomicU64,
+    replicator: OnceLock<Box<dyn Replicator>>,
     /// LOOKUP requests served (each one is a kernel cache miss).
     pub lookups: AtomicU64,
     /// GETATTR requests served.
@@ -86,6 +106,7 @@ impl Shared {
             inval: OnceLock::new(),
             shm: shm.map(Arc::new),
             ops_applied: AtomicU64::new(0),
+            replicator: OnceLock::new(),
             lookups: AtomicU64::new(0),
             getattrs: AtomicU64::new(0),
         })
@@ -145,21 +166,46 @@ impl Shared {
         }
     }
 
-    /// Apply an operation that arrived through this node's kernel.
-    pub fn apply_local(&self, op: &Op) -> Result<Applied, Errno> {
-        self.apply(op, 0, Origin::Kernel)
+    /// Route local writes through the cluster from now on.
+    pub fn set_replicator(&self, r: Box<dyn Replicator>) {
+        let _ = self.replicator.set(r);
     }
 
-    /// Apply an operation and publish its consequences: change counters, shared-memory
-    /// versions and (for remote origins) kernel invalidations.
+    /// Apply an operation that arrived through this node's kernel: directly in local
+    /// mode, through the cluster's total order otherwise (returning once it has been
+    /// delivered and applied here).
+    pub fn apply_local(&self, op: &Op) -> Result<Applied, Errno> {
+        match self.replicator.get() {
+            Some(r) => {
+                r.submit(op.clone())?;
+                Ok(Applied {
+                    lock: lock_event_of(op),
+                    ..Applied::default()
+                })
+            }
+            None => self.apply(op, 0, Origin::Kernel),
+        }
+    }
+
+    /// Apply an operation now (local mode, debug hook), refusing without quorum.
     pub fn apply(&self, op: &Op, writer: u32, origin: Origin) -> Result<Applied, Errno> {
         if !self.status.quorate() {
             return Err(Errno::EACCES);
         }
-        let ctx = OpCtx {
-            writer,
-            now: now_secs(),
-        };
+        self.apply_at(op, writer, now_secs(), origin)
+    }
+
+    /// Apply an operation stamped with the writer's `time`, and publish its
+    /// consequences: change counters, shared-memory versions and (for remote origins)
+    /// kernel invalidations. The cluster core calls this in delivery order.
+    pub fn apply_at(
+        &self,
+        op: &Op,
+        writer: u32,
+        time: u32,
+        origin: Origin,
+    ) -> Result<Applied, Errno> {
+        let ctx = OpCtx { writer, now: time };
         let applied = self.db.write().apply(op, ctx)?;
         self.ops_applied.fetch_add(1, Ordering::Relaxed);
         for p in &applied.paths {
@@ -195,6 +241,24 @@ impl Shared {
             (_, _, None) => {}
         }
         Ok(applied)
+    }
+
+    /// Everything may have changed (a cluster sync installed another tree): bump every
+    /// counter and make the kernel drop everything it cached.
+    pub fn after_sync(&self) {
+        self.status.record_reload();
+        if let Some(inv) = self.invalidator() {
+            let known: Vec<u64> = self.known.lock().keys().copied().collect();
+            for f in known {
+                inv.inode(f);
+            }
+            inv.epoch();
+            if let Some(shm) = self.shm.clone() {
+                inv.then(move || shm.bump_all());
+            }
+        } else if let Some(shm) = &self.shm {
+            shm.bump_all();
+        }
     }
 
     /// Queue invalidations for everything `applied` changed behind the kernel's back,

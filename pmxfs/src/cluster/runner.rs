@@ -1,0 +1,273 @@
+//! The cluster thread: a tokio loop over corosync's CPG and quorum descriptors, local
+//! write requests and a clock tick, feeding cluster-sync's pure core and carrying out
+//! its actions. If corosync goes away the node turns read-only, fails the writes in
+//! flight with EIO, and reconnects.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cluster_sync::core::{Action, Event, Member, Node};
+use cluster_sync::corosync::{Cmap, Cpg, CpgAddress, CpgEvent, Dispatch, Quorum, QuorumEvent};
+use cluster_sync::wire;
+use nix::errno::Errno;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::codec::MemdbCodec;
+use super::db::ClusterDb;
+use crate::fs::{Replicator, Shared};
+use crate::memdb::Op;
+use crate::status::Member as StatusMember;
+
+/// CPG group of pmxfs nodes (not pmxcfs's `pve_dcdb_v1`: the encoding differs).
+pub const GROUP: &str = "pmxfs_dcdb_v1";
+
+type Request = (Op, SyncSender<Result<(), Errno>>);
+
+/// Hands FUSE writes to the cluster thread.
+pub struct ClusterReplicator {
+    tx: UnboundedSender<Request>,
+}
+
+impl Replicator for ClusterReplicator {
+    fn submit(&self, op: Op) -> Result<(), Errno> {
+        let (tx, rx) = sync_channel(1);
+        self.tx.send((op, tx)).map_err(|_| Errno::EIO)?;
+        rx.recv().unwrap_or(Err(Errno::EIO))
+    }
+}
+
+#[derive(Debug)]
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Start the cluster thread; returns the replicator for [`Shared::set_replicator`].
+pub fn start(sh: Arc<Shared>) -> Result<ClusterReplicator> {
+    let (tx, rx) = unbounded_channel();
+    std::thread::Builder::new()
+        .name("pmxfs-cluster".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(supervise(sh, rx));
+        })?;
+    Ok(ClusterReplicator { tx })
+}
+
+async fn supervise(sh: Arc<Shared>, mut rx: UnboundedReceiver<Request>) {
+    loop {
+        match session(&sh, &mut rx).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!("cluster connection lost: {e:#}; read-only until it is back");
+                sh.status.set_quorate(false);
+                // Writes arriving while disconnected fail at once rather than hang.
+                let deadline = tokio::time::sleep(Duration::from_secs(2));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        r = rx.recv() => match r {
+                            Some((_, reply)) => { let _ = reply.send(Err(Errno::EACCES)); }
+                            None => return,
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn now() -> u32 {
+    crate::memdb::store::now_secs()
+}
+
+fn member(a: &CpgAddress) -> Member {
+    Member::new(a.nodeid, a.pid)
+}
+
+async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Result<()> {
+    let cpg = Cpg::initialize().context("cpg_initialize")?;
+    let quorum = Quorum::initialize().context("quorum_initialize")?;
+    let cmap = Cmap::initialize().ok();
+    quorum.trackstart().context("quorum_trackstart")?;
+    cpg.join(GROUP).context("cpg_join")?;
+    let me = cpg.local_get().context("cpg_local_get")?;
+    let pid = std::process::id();
+    // SAFETY: the descriptors belong to `cpg` and `quorum`, which are declared before
+    // and therefore dropped after these registrations.
+    let cpg_fd = unsafe { AsyncFd::register_with_interest(Fd(cpg.fd_get()?), Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the cpg fd: {e:?}"))?;
+    let q_fd = unsafe { AsyncFd::register_with_interest(Fd(quorum.fd_get()?), Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the quorum fd: {e:?}"))?;
+    tracing::info!(nodeid = me, group = GROUP, "joined the cluster group");
+
+    let mut node = Node::new(Member::new(me, pid), ClusterDb::new(sh.clone(), me));
+    let mut waiting: Waiting = HashMap::new();
+    let mut next_req = 0u64;
+    let run = |node: &mut Node<ClusterDb>,
+               waiting: &mut Waiting,
+               ev: Event<Op, crate::memdb::Row>|
+     -> Result<()> {
+        for a in node.handle(ev) {
+            match a {
+                Action::Multicast(msg) => {
+                    let bytes = wire::encode::<MemdbCodec>(&msg);
+                    if let Err(e) = cpg.mcast_joined(&[&bytes]) {
+                        return Err(anyhow::anyhow!("cpg_mcast_joined: {e}"));
+                    }
+                }
+                Action::Reply { req_id, result } => {
+                    if let Some(w) = waiting.remove(&req_id) {
+                        let _ = w.send(result);
+                    }
+                }
+                Action::ModeChanged(m) => tracing::info!(mode = ?m, "cluster sync mode"),
+                Action::SyncInstalled => tracing::info!("installed the cluster leader's tree"),
+                Action::Applied { .. } => {}
+            }
+        }
+        Ok(())
+    };
+
+    let q = quorum.getquorate().unwrap_or(false);
+    sh.status.set_quorate(q);
+    run(&mut node, &mut waiting, Event::Tick { now: now() })?;
+    run(&mut node, &mut waiting, Event::Quorum(q))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            g = cpg_fd.readable() => {
+                let mut g = g?;
+                let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
+                g.clear_ready();
+                for e in events {
+                    cpg_event(sh, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
+                }
+            }
+            g = q_fd.readable() => {
+                let mut g = g?;
+                let events = quorum.dispatch(Dispatch::All).context("quorum_dispatch")?;
+                g.clear_ready();
+                for e in events {
+                    if let QuorumEvent::Quorum { quorate, .. } = e {
+                        tracing::info!(quorate, "quorum changed");
+                        sh.status.set_quorate(quorate);
+                        run(&mut node, &mut waiting, Event::Quorum(quorate))?;
+                    }
+                }
+            }
+            r = rx.recv() => {
+                let Some((op, reply)) = r else { return Ok(()) };
+                next_req += 1;
+                waiting.insert(next_req, reply);
+                run(&mut node, &mut waiting, Event::LocalRequest { req_id: next_req, op })?;
+            }
+            _ = tick.tick() => {
+                // Also drains anything an edge-triggered wakeup might have left behind.
+                for e in cpg.dispatch(Dispatch::All).context("cpg_dispatch")? {
+                    cpg_event(sh, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
+                }
+                run(&mut node, &mut waiting, Event::Tick { now: now() })?;
+            }
+        }
+    }
+}
+
+type Waiting = HashMap<u64, SyncSender<Result<(), Errno>>>;
+
+/// Feed one CPG callback to the core (every path that dispatches CPG goes through here,
+/// so no configuration change can be dropped).
+fn cpg_event(
+    sh: &Shared,
+    cmap: Option<&Cmap>,
+    node: &mut Node<ClusterDb>,
+    waiting: &mut Waiting,
+    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, crate::memdb::Row>) -> Result<()>,
+    e: CpgEvent,
+) -> Result<()> {
+    match e {
+        CpgEvent::Deliver { nodeid, pid, data } => match wire::decode::<MemdbCodec>(&data) {
+            Ok(msg) => run(
+                node,
+                waiting,
+                Event::Deliver {
+                    from: Member::new(nodeid, pid),
+                    msg,
+                },
+            ),
+            Err(err) => {
+                tracing::warn!(
+                    nodeid,
+                    pid,
+                    len = data.len(),
+                    "dropping malformed cluster message: {err}"
+                );
+                Ok(())
+            }
+        },
+        CpgEvent::ConfChg {
+            members,
+            left,
+            joined,
+        } => {
+            publish_members(sh, cmap, &members);
+            run(
+                node,
+                waiting,
+                Event::ConfChg {
+                    members: members.iter().map(member).collect(),
+                    left: left.iter().map(member).collect(),
+                    joined: joined.iter().map(member).collect(),
+                },
+            )
+        }
+        CpgEvent::TotemConfChg { .. } => Ok(()),
+    }
+}
+
+/// Publish the membership for `.members` and `pmxfs status`, with names from cmap.
+fn publish_members(sh: &Shared, cmap: Option<&Cmap>, members: &[CpgAddress]) {
+    let online: Vec<u32> = members.iter().map(|m| m.nodeid).collect();
+    let (name, list) = match cmap {
+        Some(c) => (c.cluster_name().ok(), c.nodelist().unwrap_or_default()),
+        None => (None, Vec::new()),
+    };
+    let mut out: Vec<StatusMember> = list
+        .iter()
+        .map(|n| StatusMember {
+            name: if n.name.is_empty() {
+                n.ring0_addr.clone()
+            } else {
+                n.name.clone()
+            },
+            id: n.nodeid,
+            online: online.contains(&n.nodeid),
+            ip: (!n.ring0_addr.is_empty()).then(|| n.ring0_addr.clone()),
+        })
+        .collect();
+    for id in &online {
+        if !out.iter().any(|m| m.id == *id) {
+            out.push(StatusMember {
+                name: format!("node{id}"),
+                id: *id,
+                online: true,
+                ip: None,
+            });
+        }
+    }
+    out.sort_by_key(|m| m.id);
+    sh.status.set_members(name, out);
+}

@@ -1,0 +1,259 @@
+//! The multi-node suite on a real 3-node corosync cluster (network namespaces on a
+//! bridge, `scripts/cluster.sh`): replication, convergence, cluster-wide locks, quorum
+//! loss and heal, crash and resync, and the stale-stat probe in coherent and legacy mode.
+//!
+//! One test per cluster, phases in sequence, because bringing a cluster up costs seconds
+//! and the machine has two cores.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pmxfs_e2e::{bin, tree_digest, wait_until, Cluster};
+
+fn write(p: &Path, s: &str) -> std::io::Result<()> {
+    fs::write(p, s)
+}
+
+fn lock_and<R>(mnt: &Path, name: &str, f: impl FnOnce() -> R) -> R {
+    pmxfs::cfs_lock(mnt, name, Some(Duration::from_secs(30)), f).expect("cfs_lock")
+}
+
+/// Writes on node 1 are readable on 2 and 3 within a second, and at once after a lock.
+fn replication(c: &Cluster) {
+    for i in 0..10 {
+        let v = format!("value {i}\n");
+        write(&c.mnt(1).join("repl.cfg"), &v).unwrap();
+        for k in [2, 3] {
+            let p = c.mnt(k).join("repl.cfg");
+            let took = wait_until(Duration::from_secs(1), || {
+                fs::read_to_string(&p).ok().as_deref() == Some(&v)
+            });
+            assert!(
+                took.is_some(),
+                "n{k} did not see write {i} within 1 s\n{}",
+                c.logs()
+            );
+        }
+        let v2 = format!("locked read {i} {}\n", "x".repeat(i));
+        write(&c.mnt(1).join("repl.cfg"), &v2).unwrap();
+        // a reader that first takes a lock sees the write at once, content and stat
+        let (got, size) = lock_and(&c.mnt(3), "file-repl_cfg", || {
+            let p = c.mnt(3).join("repl.cfg");
+            (
+                fs::read_to_string(&p).unwrap(),
+                fs::metadata(&p).unwrap().len(),
+            )
+        });
+        assert_eq!(
+            (got.as_str(), size),
+            (v2.as_str(), v2.len() as u64),
+            "write {i} after lock"
+        );
+    }
+}
+
+/// Writers on every node at once end in one identical tree on all nodes.
+fn convergence(c: &Cluster) {
+    let threads: Vec<_> = (1..=3)
+        .map(|k| {
+            let m = c.mnt(k);
+            std::thread::spawn(move || {
+                fs::create_dir_all(m.join(format!("conv/n{k}"))).ok();
+                for i in 0..60 {
+                    let _ = fs::write(m.join(format!("conv/shared{}", i % 7)), format!("n{k} {i}"));
+                    let tmp = m.join(format!("conv/n{k}/t{i}.tmp"));
+                    if fs::write(&tmp, format!("{k}:{i}")).is_ok() {
+                        let _ = fs::rename(&tmp, m.join(format!("conv/n{k}/f{}", i % 10)));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let same = wait_until(Duration::from_secs(10), || {
+        let d1 = tree_digest(&c.mnt(1));
+        d1 == tree_digest(&c.mnt(2)) && d1 == tree_digest(&c.mnt(3))
+    });
+    assert!(
+        same.is_some(),
+        "trees differ after concurrent writers\n{}",
+        c.logs()
+    );
+    assert!(tree_digest(&c.mnt(1)).contains("f conv/n3/f9 3:59"));
+}
+
+/// Two nodes race `pmxfs lock X` 50 times each; holders never overlap.
+fn lock_race(c: &Cluster) {
+    let marker = c.dir.join("holder");
+    let script = format!(
+        "mkdir {m} || {{ echo OVERLAP; exit 9; }}; sleep 0.01; rmdir {m}",
+        m = marker.display()
+    );
+    let workers: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|k| {
+            let (mnt, script) = (c.mnt(k), script.clone());
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let st = Command::new(bin("pmxfs"))
+                        .args(["lock", "X", "--timeout", "60", "--mount"])
+                        .arg(&mnt)
+                        .args(["--", "sh", "-c", &script])
+                        .status()
+                        .unwrap();
+                    assert_eq!(
+                        st.code(),
+                        Some(0),
+                        "n{k} round {i}: overlap or lock failure"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+/// Node 3 cut off turns read-only while 1 and 2 keep writing; after the heal it
+/// converges with every acknowledged write.
+fn partition(c: &Cluster) {
+    c.cut(3);
+    let lost = wait_until(Duration::from_secs(20), || c.status(3)["quorate"] == false);
+    assert!(lost.is_some(), "n3 kept quorum after the cut\n{}", c.logs());
+    let e = write(&c.mnt(3).join("cut.cfg"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+    assert!(
+        fs::read_to_string(c.mnt(3).join("repl.cfg")).is_ok(),
+        "reads keep working"
+    );
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let k = 1 + i % 2;
+        let p = c.mnt(k).join(format!("during-cut-{i}"));
+        let ok = wait_until(Duration::from_secs(10), || {
+            write(&p, &format!("{i}")).is_ok()
+        });
+        assert!(
+            ok.is_some(),
+            "majority node n{k} could not write\n{}",
+            c.logs()
+        );
+        acked.push(i);
+    }
+    c.heal(3);
+    let back = wait_until(Duration::from_secs(30), || {
+        c.status(3)["quorate"] == true && tree_digest(&c.mnt(3)) == tree_digest(&c.mnt(1))
+    });
+    assert!(
+        back.is_some(),
+        "n3 did not converge after the heal\n{}",
+        c.logs()
+    );
+    for i in acked {
+        let got = fs::read_to_string(c.mnt(3).join(format!("during-cut-{i}"))).unwrap();
+        assert_eq!(got, format!("{i}"));
+    }
+    eprintln!("partition: lost quorum after {lost:?}, converged {back:?} after heal");
+}
+
+/// kill -9 of a node's pmxfs during writes; after a restart it resyncs, and nothing
+/// acknowledged is lost.
+fn crash_and_resync(c: &Cluster) {
+    let m2 = c.mnt(2);
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..100_000 {
+            match fs::write(m2.join(format!("crash-{}", i % 50)), format!("{i}")) {
+                Ok(()) => acked.push(i),
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    c.script("pmxfs-kill", 2);
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() > 10,
+        "only {} writes before the kill",
+        acked.len()
+    );
+    for i in 0..10 {
+        write(&c.mnt(1).join(format!("while-down-{i}")), "x").unwrap();
+    }
+    c.script("pmxfs-start", 2);
+    let synced = wait_until(Duration::from_secs(30), || {
+        tree_digest(&c.mnt(2)) == tree_digest(&c.mnt(1))
+    });
+    assert!(synced.is_some(), "n2 did not resync\n{}", c.logs());
+    let mut last = std::collections::HashMap::new();
+    for i in &acked {
+        last.insert(i % 50, *i);
+    }
+    for (f, i) in last {
+        for k in [1, 2, 3] {
+            let got: u64 = fs::read_to_string(c.mnt(k).join(format!("crash-{f}")))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(got >= i, "n{k}: crash-{f} is {got}, acknowledged {i}");
+        }
+    }
+}
+
+/// A change on node 1, then a lock on node 2, then `stat()` on node 2: counts how often
+/// node 2's kernel answered with the old size.
+fn stale_stat_probe(c: &Cluster, rounds: usize) -> usize {
+    for i in 0..rounds {
+        write(&c.mnt(1).join(format!("probe{i}")), "a").unwrap();
+    }
+    for i in 0..rounds {
+        let p = c.mnt(2).join(format!("probe{i}"));
+        wait_until(Duration::from_secs(5), || p.exists());
+        fs::metadata(&p).unwrap(); // warm node 2's caches
+    }
+    let mut stale = 0;
+    for i in 0..rounds {
+        let v = "b".repeat(10 + i);
+        write(&c.mnt(1).join(format!("probe{i}")), &v).unwrap();
+        let seen = lock_and(&c.mnt(2), &format!("file-probe{i}"), || {
+            fs::metadata(c.mnt(2).join(format!("probe{i}")))
+                .map(|m| m.len())
+                .ok()
+        });
+        if seen != Some(v.len() as u64) {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+#[test]
+fn three_node_cluster() {
+    let c = Cluster::up(3, "");
+    replication(&c);
+    convergence(&c);
+    lock_race(&c);
+    let stale = stale_stat_probe(&c, 20);
+    assert_eq!(stale, 0, "coherent mode answered stat() stale after a lock");
+    partition(&c);
+    crash_and_resync(&c);
+}
+
+/// The same probe with the legacy behaviour (no invalidation, 5 s attribute cache)
+/// must be able to fail: this is what made clusters rotate their auth key twice.
+#[test]
+fn stale_stat_probe_fails_in_legacy_mode() {
+    let c = Cluster::up(3, "--coherence off --attr-timeout 5 --entry-timeout 5");
+    let stale = stale_stat_probe(&c, 10);
+    eprintln!("legacy mode: {stale} of 10 probes stale");
+    assert!(
+        stale > 0,
+        "legacy mode never answered stale: the probe cannot detect the bug"
+    );
+}
