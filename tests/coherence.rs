@@ -333,3 +333,29 @@ fn stress_invalidations_never_hang() {
         }
     }
 }
+
+/// Legacy mode keeps names cached, but a name whose file was replaced elsewhere still
+/// resolves by path (as pmxcfs's path-based FUSE layer does): reading it returns the new
+/// content and the next full stat is fresh. This is what PVE's 2022 "open, read, close,
+/// then re-check" fix relies on.
+#[test]
+fn stale_names_resolve_by_path_like_pmxcfs() {
+    let fs = Pmxfs::start(&legacy());
+    let p = fs.p("authkey.pub");
+    fs::write(&p, b"old key").unwrap();
+    assert_eq!(stat_cached(&p).unwrap().0, 7);
+    fs.remote(json!({"op": "create", "path": "authkey.pub.tmp.1"}));
+    fs.remote(json!({"op": "write", "path": "authkey.pub.tmp.1", "data": "the new key!"}));
+    fs.remote(json!({"op": "rename", "from": "authkey.pub.tmp.1", "to": "authkey.pub"}));
+    assert_eq!(
+        stat_cached(&p).unwrap().0,
+        7,
+        "legacy: the cached stat is stale"
+    );
+    assert_eq!(fs::read(&p).unwrap(), b"the new key!");
+    assert_eq!(
+        stat_cached(&p).unwrap().0,
+        12,
+        "after a read the stat goes to the daemon"
+    );
+}

@@ -60,6 +60,14 @@ enum Cmd {
         /// Seconds to wait for the cluster lock.
         #[arg(long, default_value_t = 10)]
         lock_timeout: u64,
+        /// Call `check` this many times first, filling this process's key cache and the
+        /// kernel's attribute cache (the race harness's warm-up).
+        #[arg(long, default_value_t = 0)]
+        warm: u32,
+        /// Wait until this wall-clock time (Unix milliseconds) after warming up, so many
+        /// rotators start together.
+        #[arg(long)]
+        start_at: Option<u64>,
     },
     /// Issue or verify tickets.
     Ticket {
@@ -136,8 +144,19 @@ fn run(cli: Cli) -> Result<()> {
             force,
             lifetime,
             lock_timeout,
+            warm,
+            start_at,
         } => {
             require_root("rotate")?;
+            for _ in 0..warm {
+                rotation::check(&store, now_secs(), lifetime)?;
+            }
+            if let Some(at) = start_at {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(at);
+                if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
             let sequence = match sequence {
                 SequenceArg::Fixed => Sequence::Fixed,
                 SequenceArg::Naive => Sequence::Naive,

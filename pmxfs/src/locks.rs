@@ -35,6 +35,13 @@ pub enum MtimeVerdict {
     Refuse,
 }
 
+/// Whether `rmdir` of a lock may proceed: a release stamped before the lock's mtime
+/// was requested before the current holder took the lock over (it waited in a queue
+/// across a resync), so it must not remove the new holder's lock.
+pub fn may_release(lock_mtime: u32, now: u32) -> bool {
+    now >= lock_mtime
+}
+
 /// Is a lock last refreshed at `mtime` expired at `now`?
 ///
 /// A lock with an mtime in the future (clock skew) is held; it is not "expired" until
@@ -87,6 +94,13 @@ mod tests {
         assert_eq!(lock_state(1000, 1120, 120), LockState::Held);
         assert_eq!(lock_state(1000, 1121, 120), LockState::Expired);
         assert_eq!(lock_state(2000, 1000, 120), LockState::Held, "future mtime");
+    }
+
+    #[test]
+    fn stale_release_is_refused() {
+        assert!(may_release(1000, 1000));
+        assert!(may_release(1000, 1500));
+        assert!(!may_release(1000, 999));
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct Shared {
     /// Kernel lookup counts per FUSE inode: only inodes the kernel holds need
     /// invalidating.
     known: Mutex<HashMap<u64, u64>>,
+    /// Removed memdb inodes the kernel may still reach through a cached name, with the
+    /// (parent, name) they had: requests on them are answered by whatever lives at that
+    /// path now, as pmxcfs's path-based FUSE layer does.
+    ghosts: Mutex<HashMap<u64, (u64, String)>>,
     inval: OnceLock<Invalidator>,
     shm: Option<Arc<VersionShmWriter>>,
     /// Operations applied since start.
@@ -103,6 +107,7 @@ impl Shared {
             gid,
             handles: Handles::default(),
             known: Mutex::new(HashMap::new()),
+            ghosts: Mutex::new(HashMap::new()),
             inval: OnceLock::new(),
             shm: shm.map(Arc::new),
             ops_applied: AtomicU64::new(0),
@@ -136,8 +141,21 @@ impl Shared {
             *c = c.saturating_sub(n);
             if *c == 0 {
                 k.remove(&fuse);
+                if let Some(m) = memdb_ino(fuse) {
+                    self.ghosts.lock().remove(&m);
+                }
             }
         }
+    }
+
+    /// The live memdb inode a kernel inode refers to: itself, or for a removed inode
+    /// the entry now at the path it had.
+    pub(crate) fn live_ino(&self, db: &MemDb, m: u64) -> Option<u64> {
+        if db.get(m).is_some() {
+            return Some(m);
+        }
+        let (parent, name) = self.ghosts.lock().get(&m).cloned()?;
+        db.lookup(parent, &name).map(|e| e.row.inode)
     }
 
     fn is_known(&self, fuse: u64) -> bool {
@@ -208,6 +226,14 @@ impl Shared {
         let ctx = OpCtx { writer, now: time };
         let applied = self.db.write().apply(op, ctx)?;
         self.ops_applied.fetch_add(1, Ordering::Relaxed);
+        if !applied.removed.is_empty() {
+            let mut g = self.ghosts.lock();
+            for (ino, parent, name) in &applied.removed {
+                if g.len() < 65_536 && self.is_known(fuse_ino(*ino)) {
+                    g.insert(*ino, (*parent, name.clone()));
+                }
+            }
+        }
         for p in &applied.paths {
             self.status.record_change(p);
         }

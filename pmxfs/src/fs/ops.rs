@@ -141,8 +141,10 @@ impl PmxFs {
         if writable && !self.sh.status.quorate() {
             return Err(Errno::EACCES);
         }
-        let m = memdb_ino(ino).ok_or(Errno::ENOENT)?;
         let db = self.sh.db.read();
+        let m = memdb_ino(ino)
+            .and_then(|m| self.sh.live_ino(&db, m))
+            .ok_or(Errno::ENOENT)?;
         let e = db.get(m).ok_or(Errno::ENOENT)?;
         if e.is_dir() {
             return Err(Errno::EISDIR);
@@ -276,13 +278,14 @@ impl Filesystem for PmxFs {
             .and_then(|fh| self.sh.handles.get(fh.0))
             .and_then(|h| h.lock().buf.as_ref().map(|b| b.len() as u64));
         let db = self.sh.db.read();
-        let Some(m) = memdb_ino(ino.0) else {
+        let Some(m) = memdb_ino(ino.0).and_then(|m| self.sh.live_ino(&db, m)) else {
             return reply.error(FErrno::ENOENT);
         };
         let Some(e) = db.get(m) else {
             return reply.error(FErrno::ENOENT);
         };
-        let attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
+        let mut attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
+        attr.ino = ino;
         let t = self.sh.ttls(&db, m);
         reply.attr(&t.attr, &attr);
     }
@@ -305,12 +308,18 @@ impl Filesystem for PmxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let Some(m) = memdb_ino(ino.0) else {
+        if memdb_ino(ino.0).is_none() {
             return reply.error(FErrno::EACCES);
-        };
-        let path = match self.sh.db.read().path_of(m) {
-            Some(p) => p,
-            None => return reply.error(FErrno::ENOENT),
+        }
+        let (m, path) = {
+            let db = self.sh.db.read();
+            match memdb_ino(ino.0)
+                .and_then(|m| self.sh.live_ino(&db, m))
+                .and_then(|m| Some((m, db.path_of(m)?)))
+            {
+                Some(x) => x,
+                None => return reply.error(FErrno::ENOENT),
+            }
         };
         // chmod/chown succeed only as no-ops with the values pmxcfs reports anyway.
         if let Some(mode) = mode {
@@ -360,7 +369,9 @@ impl Filesystem for PmxFs {
         let db = self.sh.db.read();
         match db.get(m) {
             Some(e) => {
-                let attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
+                let mut attr =
+                    attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
+                attr.ino = ino;
                 let t = self.sh.ttls(&db, m);
                 reply.attr(&t.attr, &attr);
             }

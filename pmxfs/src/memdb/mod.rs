@@ -469,6 +469,8 @@ impl MemDb {
                     // refreshes and its csum-based state can never apply to ours.
                     txn.deletes.push(old.row.inode);
                     ap.changes.push(Change::Attr(old.row.inode));
+                    ap.removed
+                        .push((old.row.inode, parent.row.inode, base.to_string()));
                 } else {
                     self.check_inode_room()?;
                 }
@@ -522,12 +524,20 @@ impl MemDb {
                 if e.is_dir() && !e.children.is_empty() {
                     return Err(Errno::ENOTEMPTY);
                 }
+                if e.is_dir()
+                    && lock_name(path).is_some()
+                    && !locks::may_release(e.row.mtime, ctx.now)
+                {
+                    return Err(Errno::EBUSY);
+                }
                 txn.deletes.push(e.row.inode);
                 ap.changes.push(Change::Name {
                     parent: e.row.parent,
                     name: e.row.name.clone(),
                 });
                 ap.changes.push(Change::Attr(e.row.inode));
+                ap.removed
+                    .push((e.row.inode, e.row.parent, e.row.name.clone()));
                 ap.paths.push(path.clone());
                 if e.is_dir() {
                     ap.lock = lock_name(path).map(|n| LockEvent::Released(n.to_string()));
@@ -550,6 +560,7 @@ impl MemDb {
                         MtimeVerdict::Refuse => return Err(Errno::EACCES),
                         MtimeVerdict::Remove => {
                             txn.deletes.push(row.inode);
+                            ap.removed.push((row.inode, row.parent, row.name.clone()));
                             ap.changes.push(Change::Name {
                                 parent: row.parent,
                                 name: row.name.clone(),
@@ -605,6 +616,8 @@ impl MemDb {
             }
             txn.deletes.push(target.row.inode);
             ap.changes.push(Change::Attr(target.row.inode));
+            ap.removed
+                .push((target.row.inode, tparent.row.inode, tbase.to_string()));
         }
         if !src.is_dir() {
             self.vms.check_free(to, vmindex::vm_of(from))?;

@@ -111,4 +111,6 @@ pub struct Applied {
     pub lock: Option<LockEvent>,
     /// Whether the set of guest configs changed (for `.vmlist`).
     pub vmlist_changed: bool,
+    /// Entries that ceased to exist: `(inode, parent, name)` they had.
+    pub removed: Vec<(u64, u64, String)>,
 }

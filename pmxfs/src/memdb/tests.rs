@@ -293,6 +293,17 @@ fn locks_acquire_expire_and_take_over() {
         ),
         Err(Errno::EACCES)
     );
+    // a release stamped before the current holder's takeover does not remove its lock
+    assert_eq!(
+        at(
+            &mut d,
+            Op::Delete {
+                path: "priv/lock/authkey".into()
+            },
+            2120
+        ),
+        Err(Errno::EBUSY)
+    );
     // only the creating writer may refresh
     assert_eq!(
         d.apply(
