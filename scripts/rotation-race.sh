@@ -42,6 +42,9 @@ if [ -z "$PMXFS_BIN" ] || [ -z "$AUTHKEY_BIN" ]; then
   PMXFS_BIN=$PWD/target/release/pmxfs AUTHKEY_BIN=$PWD/target/release/authkey
 fi
 DIR=${RACE_DIR:-/tmp/pmxfs-race}
+# One cluster at a time on a machine (fixed bridge and namespace names).
+exec 9>/run/pmxfs-cluster.lock
+flock 9
 cleanup() { [ "$KEEP" = 1 ] || bash scripts/cluster.sh down "$DIR" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 PMXFS_BIN=$PMXFS_BIN PMXFS_ARGS=$ARGS bash scripts/cluster.sh up "$NODES" "$DIR" >/dev/null 2>"$DIR.up.log" ||

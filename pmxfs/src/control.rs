@@ -106,6 +106,10 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "coherence": sh.policy.enabled,
         "open_handles": sh.handles.len(),
         "ops_applied": sh.ops_applied.load(Ordering::Relaxed),
+        "cluster_messages": {
+            "sent": sh.cluster_sent.load(Ordering::Relaxed),
+            "delivered": sh.cluster_delivered.load(Ordering::Relaxed),
+        },
         "requests": {
             "lookup": sh.lookups.load(Ordering::Relaxed),
             "getattr": sh.getattrs.load(Ordering::Relaxed),

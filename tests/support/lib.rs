@@ -289,6 +289,25 @@ pub struct Cluster {
     /// Number of nodes.
     pub n: usize,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    // Held while the cluster exists: clusters share fixed bridge/namespace names.
+    _machine_lock: std::fs::File,
+}
+
+/// File whose flock serialises every user of `scripts/cluster.sh` on this machine.
+pub const CLUSTER_LOCK: &str = "/run/pmxfs-cluster.lock";
+
+fn lock_machine() -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CLUSTER_LOCK)
+        .expect("open cluster lock");
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock {CLUSTER_LOCK}");
+    f
 }
 
 /// `scripts/cluster.sh` of this repository.
@@ -314,6 +333,7 @@ impl Cluster {
             dir,
             n,
             done: Default::default(),
+            _machine_lock: lock_machine(),
         };
         let limit: u64 = std::env::var("PMXFS_CLUSTER_TEST_TIMEOUT")
             .ok()

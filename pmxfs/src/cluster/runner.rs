@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,7 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
         for a in node.handle(ev) {
             match a {
                 Action::Multicast(msg) => {
+                    sh.cluster_sent.fetch_add(1, Ordering::Relaxed);
                     let bytes = wire::encode::<MemdbCodec>(&msg);
                     if let Err(e) = cpg.mcast_joined(&[&bytes]) {
                         return Err(anyhow::anyhow!("cpg_mcast_joined: {e}"));
@@ -199,25 +201,10 @@ fn cpg_event(
     e: CpgEvent,
 ) -> Result<()> {
     match e {
-        CpgEvent::Deliver { nodeid, pid, data } => match wire::decode::<MemdbCodec>(&data) {
-            Ok(msg) => run(
-                node,
-                waiting,
-                Event::Deliver {
-                    from: Member::new(nodeid, pid),
-                    msg,
-                },
-            ),
-            Err(err) => {
-                tracing::warn!(
-                    nodeid,
-                    pid,
-                    len = data.len(),
-                    "dropping malformed cluster message: {err}"
-                );
-                Ok(())
-            }
-        },
+        CpgEvent::Deliver { nodeid, pid, data } => {
+            sh.cluster_delivered.fetch_add(1, Ordering::Relaxed);
+            deliver(node, waiting, run, nodeid, pid, &data)
+        }
         CpgEvent::ConfChg {
             members,
             left,
@@ -235,6 +222,37 @@ fn cpg_event(
             )
         }
         CpgEvent::TotemConfChg { .. } => Ok(()),
+    }
+}
+
+/// Decode a delivered message and hand it to the core; malformed ones are logged and
+/// dropped.
+fn deliver(
+    node: &mut Node<ClusterDb>,
+    waiting: &mut Waiting,
+    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, crate::memdb::Row>) -> Result<()>,
+    nodeid: u32,
+    pid: u32,
+    data: &[u8],
+) -> Result<()> {
+    match wire::decode::<MemdbCodec>(data) {
+        Ok(msg) => run(
+            node,
+            waiting,
+            Event::Deliver {
+                from: Member::new(nodeid, pid),
+                msg,
+            },
+        ),
+        Err(err) => {
+            tracing::warn!(
+                nodeid,
+                pid,
+                len = data.len(),
+                "dropping malformed cluster message: {err}"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -89,6 +89,10 @@ pub struct Shared {
     pub lookups: AtomicU64,
     /// GETATTR requests served.
     pub getattrs: AtomicU64,
+    /// Cluster messages this node multicast.
+    pub cluster_sent: AtomicU64,
+    /// Cluster messages delivered to this node.
+    pub cluster_delivered: AtomicU64,
 }
 
 impl Shared {
@@ -114,6 +118,8 @@ impl Shared {
             replicator: OnceLock::new(),
             lookups: AtomicU64::new(0),
             getattrs: AtomicU64::new(0),
+            cluster_sent: AtomicU64::new(0),
+            cluster_delivered: AtomicU64::new(0),
         })
     }
 
