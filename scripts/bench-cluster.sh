@@ -5,15 +5,17 @@
 #  2. latency of that operation, p50 / p99 (one writer)
 #  3. CPG messages per write (from the daemons' counters)
 #  4. sync time of a node that rejoins after 10,000 files were written without it
+#  5. time from `authkey token delete` on node 1 until node 3 rejects the token
 # usage: scripts/bench-cluster.sh [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" != "--no-build" ]; then
   bash scripts/setup.sh >/dev/null
   export PATH="$HOME/.cargo/bin:$PATH"
-  cargo build --release -q -p pmxfs
+  cargo build --release -q -p pmxfs -p auth-key
 fi
 BIN=$PWD/target/release/pmxfs
+AK=$PWD/target/release/authkey
 DIR=/tmp/pmxfs-bench-cluster
 exec 9>/run/pmxfs-cluster.lock
 flock 9
@@ -71,3 +73,23 @@ for _ in $(seq 600); do
 done
 t1=$(date +%s.%N)
 python3 -c "print(f'rejoin after 10,000 files written without the node: synced in {$t1-$t0:.2f} s (daemon start to version {$want})')"
+
+secret=$("$AK" --base "$DIR/n1/mnt" token set bench@pam!t1)
+for _ in $(seq 100); do "$AK" --base "$DIR/n3/mnt" token verify bench@pam!t1 "$secret" >/dev/null 2>&1 && break; sleep 0.05; done
+python3 - "$AK" "$DIR" "$secret" <<'PY'
+import subprocess, sys, time
+ak, d, secret = sys.argv[1:]
+t0 = time.perf_counter()
+subprocess.run([ak, "--base", f"{d}/n1/mnt", "token", "delete", "bench@pam!t1"], check=True)
+deleted = time.perf_counter()
+polls = 0
+while True:
+    polls += 1
+    r = subprocess.run([ak, "--base", f"{d}/n3/mnt", "token", "verify", "bench@pam!t1", secret],
+                       capture_output=True)
+    if r.returncode != 0:
+        break
+now = time.perf_counter()
+print(f"token delete on n1 -> rejected on n3: {1e3*(now-deleted):.1f} ms after delete returned "
+      f"({polls} verify process(es); delete itself took {1e3*(deleted-t0):.1f} ms)")
+PY

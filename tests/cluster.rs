@@ -168,7 +168,7 @@ fn crash_and_resync(c: &Cluster) {
     let writer = std::thread::spawn(move || {
         let mut acked = Vec::new();
         for i in 0..100_000 {
-            match fs::write(m2.join(format!("crash-{}", i % 50)), format!("{i}")) {
+            match pmxfs_e2e::write_acked(&m2.join(format!("crash-{}", i % 50)), format!("{i}")) {
                 Ok(()) => acked.push(i),
                 Err(_) => break,
             }

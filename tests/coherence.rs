@@ -303,6 +303,12 @@ fn stress_invalidations_never_hang() {
                 last[i] = now;
                 stalled_since[i] = Instant::now();
             } else if stalled_since[i].elapsed() > Duration::from_secs(20) {
+                eprintln!("daemon status: {}", fs.status());
+                eprintln!("daemon threads:\n{}", pmxfs_e2e::kernel_stacks(fs.pid()));
+                eprintln!(
+                    "test threads:\n{}",
+                    pmxfs_e2e::kernel_stacks(std::process::id())
+                );
                 pmxfs_e2e::abort_mount(&fs.mnt);
                 panic!("worker {i} made no progress for 20 s: the mount hung");
             }

@@ -408,7 +408,7 @@ fn kill9_during_writes_loses_nothing_acknowledged() {
         let mut acked = Vec::new();
         for i in 0..100_000u32 {
             let p = mnt.join(format!("f{}", i % 400));
-            match fs::write(&p, format!("value {i}\n")) {
+            match pmxfs_e2e::write_acked(&p, format!("value {i}\n")) {
                 Ok(()) => acked.push(i),
                 Err(_) => break,
             }

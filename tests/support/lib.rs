@@ -506,3 +506,31 @@ pub fn tree_digest(root: &Path) -> String {
     walk(root, "", &mut out);
     out.join("\n")
 }
+
+/// Write a file and report only what is committed: `fs::write` ignores the error of
+/// `close()`, where pmxfs commits, so a write cut short by a crash would count as
+/// acknowledged. `fsync` commits and returns the commit's error.
+pub fn write_acked(p: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(p)?;
+    f.write_all(data.as_ref())?;
+    f.sync_all()
+}
+
+/// Kernel stacks of every thread of `pid` (to show where a hang sits).
+pub fn kernel_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.filter_map(|e| e.ok()) {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+            out += &format!(
+                "--- {} {}{}\n",
+                t.file_name().to_string_lossy(),
+                comm,
+                stack
+            );
+        }
+    }
+    out
+}

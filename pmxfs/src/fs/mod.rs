@@ -142,14 +142,19 @@ impl Shared {
     }
 
     pub(crate) fn forget(&self, fuse: u64, n: u64) {
-        let mut k = self.known.lock();
-        if let Some(c) = k.get_mut(&fuse) {
-            *c = c.saturating_sub(n);
-            if *c == 0 {
-                k.remove(&fuse);
-                if let Some(m) = memdb_ino(fuse) {
-                    self.ghosts.lock().remove(&m);
+        let gone = {
+            let mut k = self.known.lock();
+            match k.get_mut(&fuse) {
+                Some(c) => {
+                    *c = c.saturating_sub(n);
+                    *c == 0 && k.remove(&fuse).is_some()
                 }
+                None => false,
+            }
+        };
+        if gone {
+            if let Some(m) = memdb_ino(fuse) {
+                self.ghosts.lock().remove(&m);
             }
         }
     }
@@ -233,10 +238,17 @@ impl Shared {
         let applied = self.db.write().apply(op, ctx)?;
         self.ops_applied.fetch_add(1, Ordering::Relaxed);
         if !applied.removed.is_empty() {
+            // `known` and `ghosts` are never held together (forget takes them in turn).
+            let kept: Vec<_> = applied
+                .removed
+                .iter()
+                .filter(|(ino, _, _)| self.is_known(fuse_ino(*ino)))
+                .cloned()
+                .collect();
             let mut g = self.ghosts.lock();
-            for (ino, parent, name) in &applied.removed {
-                if g.len() < 65_536 && self.is_known(fuse_ino(*ino)) {
-                    g.insert(*ino, (*parent, name.clone()));
+            for (ino, parent, name) in kept {
+                if g.len() < 65_536 {
+                    g.insert(ino, (parent, name));
                 }
             }
         }

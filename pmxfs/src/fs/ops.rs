@@ -338,8 +338,9 @@ impl Filesystem for PmxFs {
         if let Some(size) = size {
             let max = self.sh.db.read().limits().max_file_size;
             let handle = fh.and_then(|fh| self.sh.handles.get(fh.0));
+            let writable = handle.as_ref().is_some_and(|h| h.lock().writable);
             let res = match handle {
-                Some(h) if h.lock().writable => h.lock().truncate(size, max),
+                Some(h) if writable => h.lock().truncate(size, max),
                 _ => self
                     .sh
                     .apply_local(&Op::Write {

@@ -132,17 +132,21 @@ impl SqliteStore {
         let existing = std::fs::metadata(path)
             .map(|m| m.len() > 0)
             .unwrap_or(false);
-        let mut loaded = if existing {
+        // Validate read-only first, so a bad file is refused untouched; but load the
+        // rows only through the read-write connection below, which recovers the WAL
+        // after a crash (a read-only reader may see a stale WAL index and miss commits).
+        let has_tree = if existing {
             let ro = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| corrupt(path, e))?;
-            validate_schema(&ro, path)?
+            validate_schema(&ro, path)?.is_some()
         } else {
-            None
+            false
         };
-        let created = loaded.is_none();
+        let created = !has_tree;
+        let mut loaded = None;
         if created {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -161,6 +165,9 @@ impl SqliteStore {
             SyncMode::Normal => "PRAGMA synchronous=NORMAL;",
             SyncMode::Full => "PRAGMA synchronous=FULL;",
         })?;
+        if !created {
+            loaded = validate_schema(&conn, path)?;
+        }
         if created {
             conn.execute_batch(SCHEMA)?;
             let root = RootVersion {
