@@ -310,6 +310,12 @@ fn stress_invalidations_never_hang() {
                     pmxfs_e2e::kernel_stacks(std::process::id())
                 );
                 pmxfs_e2e::abort_mount(&fs.mnt);
+                stop.store(true, Ordering::Relaxed);
+                // workers may still hold the harness, so its Drop would not run
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(fs.pid() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 panic!("worker {i} made no progress for 20 s: the mount hung");
             }
         }
