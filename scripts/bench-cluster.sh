@@ -55,7 +55,7 @@ import os
 for i in range(500):
     open('$DIR/n1/mnt/msgs%d' % i, 'wb').write(b'x' * 4096)"
 s1=$(sent 1)
-python3 -c "print(f'cpg messages per create+write+close: {($s1-$s0)/500:.2f} (one for the create, one for the coalesced write)')"
+python3 -c "print(f'cpg messages multicast by the writer per create+write+close: {($s1-$s0)/500:.2f}')"
 
 bash scripts/cluster.sh pmxfs-kill 3 "$DIR"
 python3 -c "
