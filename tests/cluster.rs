@@ -191,6 +191,10 @@ fn crash_and_resync(c: &Cluster) {
         tree_digest(&c.mnt(2)) == tree_digest(&c.mnt(1))
     });
     assert!(synced.is_some(), "n2 did not resync\n{}", c.logs());
+    eprintln!(
+        "crash: {} writes acknowledged before the kill, resynced {synced:?} after the restart",
+        acked.len()
+    );
     let mut last = std::collections::HashMap::new();
     for i in &acked {
         last.insert(i % 50, *i);

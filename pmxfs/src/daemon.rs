@@ -194,7 +194,8 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     let (store, loaded) = SqliteStore::open(&opts.db, opts.sync)
         .with_context(|| format!("cannot open database {}", opts.db.display()))?;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
-        .with_context(|| format!("refusing to start on {}", opts.db.display()))?;
+        .with_context(|| format!("refusing to start on {}", opts.db.display()))?
+        .with_terms(loaded.term, loaded.promised_term);
     db.set_lock_timeout(opts.lock_timeout);
     tracing::info!(
         db = %opts.db.display(),

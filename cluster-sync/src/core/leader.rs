@@ -3,8 +3,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::{DbIndex, Member};
 
-/// pmxcfs's `dcdb_select_leader`: highest version, then highest mtime, then the lowest
-/// `(nodeid, pid)`. `states` must be sorted by member; returns an index into it.
+/// Highest term, then pmxcfs's `dcdb_select_leader`: highest version, then highest
+/// mtime, then the lowest `(nodeid, pid)`. `states` must be sorted by member; returns
+/// an index into it.
+///
+/// The term comes first because a version only orders trees of one history: a node
+/// that kept applying its own writes after its partners crashed holds a higher version
+/// than the history a majority accepted later under a higher term, and must lose.
+/// Within one term every tree is the term's starting tree plus a prefix of the same
+/// write sequence, so there the highest version is the most complete.
 pub fn select_leader(states: &[(Member, DbIndex)]) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, (_, idx)) in states.iter().enumerate() {
@@ -13,7 +20,7 @@ pub fn select_leader(states: &[(Member, DbIndex)]) -> Option<usize> {
             Some(b) => {
                 let bi = &states[b].1;
                 // Strictly greater only: on a tie the earlier (lower) member stays.
-                if (idx.version, idx.mtime) > (bi.version, bi.mtime) {
+                if (idx.term, idx.version, idx.mtime) > (bi.term, bi.version, bi.mtime) {
                     Some(i)
                 } else {
                     Some(b)
@@ -49,6 +56,7 @@ mod tests {
 
     fn idx(version: u64, mtime: u32, entries: &[(u64, u8)]) -> DbIndex {
         DbIndex {
+            term: 0,
             version,
             mtime,
             entries: entries.iter().map(|(i, d)| (*i, [*d; 32])).collect(),
@@ -73,6 +81,54 @@ mod tests {
         let s = vec![(m(1), idx(7, 3, &[])), (m(2), idx(7, 3, &[]))];
         assert_eq!(select_leader(&s), Some(0));
         assert_eq!(select_leader(&[]), None);
+    }
+
+    fn termed(term: u64, version: u64, mtime: u32) -> DbIndex {
+        DbIndex {
+            term,
+            ..idx(version, mtime, &[])
+        }
+    }
+
+    #[test]
+    fn term_is_compared_before_version_mtime_and_member() {
+        let m = |n| Member::new(n, 100);
+        // A higher term wins over any version and mtime.
+        let s = vec![
+            (m(1), termed(3, 90, 999)),
+            (m(2), termed(4, 10, 1)),
+            (m(3), termed(2, 500, 2000)),
+        ];
+        assert_eq!(select_leader(&s), Some(1));
+        // Equal terms fall back to version, then mtime, then the lowest member.
+        let s = vec![
+            (m(1), termed(4, 10, 1)),
+            (m(2), termed(4, 11, 0)),
+            (m(3), termed(4, 11, 0)),
+        ];
+        assert_eq!(select_leader(&s), Some(1));
+        let s = vec![(m(1), termed(4, 11, 0)), (m(2), termed(4, 11, 5))];
+        assert_eq!(select_leader(&s), Some(1));
+    }
+
+    /// The lost-write scenario: a node whose partners crashed before delivering its
+    /// writes kept applying them (version 40, term 7), while the restarted majority
+    /// accepted term 8 and wrote less (version 25). The majority's tree must win.
+    #[test]
+    fn minority_branch_with_higher_version_but_older_term_loses() {
+        let m = |n| Member::new(n, 100);
+        let s = vec![
+            (m(1), termed(7, 40, 5000)),
+            (m(2), termed(8, 25, 4000)),
+            (m(3), termed(8, 25, 4000)),
+        ];
+        assert_eq!(select_leader(&s), Some(1));
+        // Without terms (all 0, as pmxcfs) the stale branch would have won.
+        let s: Vec<_> = s
+            .into_iter()
+            .map(|(m, i)| (m, DbIndex { term: 0, ..i }))
+            .collect();
+        assert_eq!(select_leader(&s), Some(0));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Protocol messages, independent of their byte encoding (see `crate::wire`).
-use super::types::{DbIndex, Epoch};
+use super::types::{DbIndex, Epoch, Term};
 
 /// One multicast message with the header every message carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,13 +25,37 @@ pub enum Body<O, E> {
     SyncStart {
         /// The round being started.
         epoch: Epoch,
+        /// The term the sender proposes for the round: above every promise and term it
+        /// knows of. Members promise it before sending their State, so when all could,
+        /// the round accepts it without a separate Promise exchange.
+        term: Term,
     },
     /// A member's database summary for one round.
     State {
         /// The round.
         epoch: Epoch,
-        /// The sender's database summary.
+        /// Whether the sender was quorate when it sent this. A round picks a new term
+        /// only if every member says so, so all members decide alike even when their
+        /// quorum notifications arrive at different times.
+        quorate: bool,
+        /// The sender durably promised the SyncStart's proposed term (it was above its
+        /// promise and term) before sending this.
+        promised_proposal: bool,
+        /// The sender's promised term ([`crate::core::Database::promised_term`]) as
+        /// of sending this.
+        promised: Term,
+        /// The sender's database summary, with the term of its tree.
         index: DbIndex,
+    },
+    /// Sent by every member of a quorate round whose proposed term not every member
+    /// could promise, once it persisted its promise to join `term` (one above every
+    /// promise and term in the round); `term` is accepted only after every member's
+    /// Promise is delivered.
+    Promise {
+        /// The round.
+        epoch: Epoch,
+        /// The term every member computed from the round's states.
+        term: Term,
     },
     /// Entries from the leader for out-of-date members.
     Update {
@@ -54,6 +78,7 @@ impl<O, E> Body<O, E> {
             Body::Normal { .. } => "normal",
             Body::SyncStart { .. } => "sync-start",
             Body::State { .. } => "state",
+            Body::Promise { .. } => "promise",
             Body::Update { .. } => "update",
             Body::UpdateComplete { .. } => "update-complete",
         }

@@ -18,4 +18,4 @@ pub use event::{Action, Event};
 pub use leader::{select_leader, updates_needed};
 pub use message::{Body, Message};
 pub use node::Node;
-pub use types::{DbIndex, Digest, Epoch, Member, Mode, NodeId, ReqId};
+pub use types::{DbIndex, Digest, Epoch, Member, Mode, NodeId, ReqId, Term};

@@ -3,13 +3,41 @@
 //! Follows pmxcfs's dfsm (confchg → SYNC_START → STATE → leader → UPDATE →
 //! UPDATE_COMPLETE), with these deliberate differences:
 //!
+//! * Every quorate sync starts a new **term** (a Paxos ballot, a Raft term), and the
+//!   leader is the member with the highest term before the highest version. pmxcfs
+//!   ranks by version alone, which lets a node whose partners crashed before
+//!   delivering its writes keep a higher-versioned minority branch that later beats
+//!   the newer history a majority wrote, losing acknowledged writes. The rules:
+//!   - A round gets a term only if every State says quorate (members decide alike).
+//!   - Every member durably promises the term before anyone accepts it. Two quorate
+//!     configurations share a member, whose promise forces the later one to a higher
+//!     term, so no two configurations ever accept the same term, not even when one
+//!     member crashed midway: one term, one configuration, one write sequence.
+//!   - Fast path: the SyncStart proposes a term above everything its sender knows;
+//!     each member promises it before sending its State if it is above its own
+//!     promise and term, and says so in the State. If all did, the States were the
+//!     promises and the proposal is the term.
+//!   - Slow path (someone could not promise, e.g. the sender was behind): the term is
+//!     one above every promise and term in the States; each member promises it and
+//!     multicasts a Promise, and the term is accepted once all are delivered.
+//!   - Accepting means making the tree the leader's and labelling it with the term in
+//!     one durable step (`install_update` with the term, or `set_term` if the tree is
+//!     already equal). Only then are writes applied, each in delivery order, so every
+//!     tree labelled with a term is that term's starting tree plus a prefix of its
+//!     writes, and within a term the version orders trees.
+//!   - Consequently a write every member of a majority applied under term T is in the
+//!     starting tree of every later term: each later quorate round contains one of
+//!     those members, whose (term, version) is at least the write's, so the leader's
+//!     tree contains it (by induction over the terms in between).
+//!   - A non-quorate round picks no term: the leader's tree is copied with the
+//!     leader's own term (a copy, never a relabel), and no write is applied.
 //! * Writes are multicast and applied only once the *whole* configuration is synced
-//!   (every member equal to the leader, or the leader's UpdateComplete delivered). Writes
-//!   delivered earlier are queued by every member and applied after that point in
-//!   delivery order, so all members apply the same ops to the same snapshot. pmxcfs lets
-//!   already-synced members apply at once, which orders them differently from the
-//!   members still installing and can lose an acknowledged write if the configuration
-//!   changes before those members commit.
+//!   (every member equal to the leader, or the leader's UpdateComplete delivered) and
+//!   the round's term accepted. Writes delivered earlier are queued by every member and
+//!   applied after that point in delivery order, so all members apply the same ops to
+//!   the same snapshot. pmxcfs lets already-synced members apply at once, which orders
+//!   them differently from the members still installing and can lose an acknowledged
+//!   write if the configuration changes before those members commit.
 //! * On a configuration change the write queue is dropped on every member alike
 //!   (CPG delivered it to all of them), so nobody applied those ops; their writers get
 //!   `CoreError::Interrupted` (EAGAIN) instead of pmxcfs's re-send to joiners.
@@ -18,16 +46,21 @@
 //!   acknowledged and never applied.
 //! * The sync exchange runs for a single-member configuration too (two messages), so
 //!   the delivery of its own State tells a lone node which of its messages were lost.
-//! * A write delivered while not quorate is not applied by any member (all members of
-//!   a configuration share its quorum) and its writer gets `NoQuorum`; pmxcfs leaves
-//!   the group instead.
-use std::collections::{BTreeMap, VecDeque};
+//! * Whether writes are applied is decided by the round (a term was accepted), not by
+//!   each member's own quorum flag, so members whose quorum notifications arrive at
+//!   different times still apply the same writes. A write delivered in a round without
+//!   a term is applied by nobody and its writer gets `NoQuorum`; pmxcfs leaves the
+//!   group instead. A member that becomes quorate after its State said otherwise starts
+//!   a new round once that round ended (any member may restart a round that ended
+//!   without a term), so a late quorum notification does not leave the configuration
+//!   read-only.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::db::{CoreError, Database};
 use super::event::{Action, Event};
 use super::leader::{select_leader, updates_needed};
 use super::message::{Body, Message};
-use super::types::{DbIndex, Epoch, Member, Mode};
+use super::types::{DbIndex, Epoch, Member, Mode, Term};
 
 type Msg<D> = Message<<D as Database>::Op, <D as Database>::Entry>;
 type Act<D> = Action<<D as Database>::Op, <D as Database>::Entry, <D as Database>::Error>;
@@ -39,6 +72,15 @@ enum Flight {
     Queued,
 }
 
+/// One member's State in the current round.
+#[derive(Debug, Clone)]
+struct PeerState {
+    quorate: bool,
+    promised_proposal: bool,
+    promised: Term,
+    index: DbIndex,
+}
+
 /// The protocol state of one group member, owning its database.
 pub struct Node<D: Database> {
     me: Member,
@@ -47,14 +89,44 @@ pub struct Node<D: Database> {
     quorate: bool,
     now: u32,
     next_seq: u64,
-    confchg_counter: u32,
+    /// Counts rounds this member started or could start (confchgs and re-syncs), so
+    /// its epochs never repeat within a process.
+    round_counter: u32,
     members: Vec<Member>,
     sync_epoch: Option<Epoch>,
-    states: BTreeMap<Member, DbIndex>,
+    /// The quorate flag of the State this member sent for `sync_epoch`.
+    sent_quorate: Option<bool>,
+    /// Quorum was gained after this member's State said "not quorate": re-sync at the
+    /// next tick unless a confchg comes first.
+    resync_due: bool,
+    /// This member multicast a SyncStart not yet delivered (a re-sync after quorum).
+    resync_sent: bool,
+    states: BTreeMap<Member, PeerState>,
     leader: Option<(Member, DbIndex)>,
     updates: Vec<D::Entry>,
-    /// Every member is synced: writes may be sent and are applied on delivery.
+    /// The term proposed by the SyncStart of `sync_epoch`.
+    proposal: Option<Term>,
+    /// The proposal this member promised in the current configuration (memory only: a
+    /// restarted process conservatively forgets it).
+    promised_here: Option<Term>,
+    /// The highest promise or term this process saw in any State, its own included:
+    /// proposing above it spares most rounds the Promise exchange.
+    highest_seen: Term,
+    /// The term this round accepts (every State said quorate), once states are in.
+    ballot: Option<Term>,
+    /// Not every member could promise the proposal: `ballot` waits for every Promise.
+    need_promises: bool,
+    /// Members whose Promise for `ballot` was delivered.
+    promises: BTreeSet<Member>,
+    /// Some member's tree differs from the leader's: the round ends with UpdateComplete.
+    await_update: bool,
+    /// The leader's UpdateComplete for this round was delivered.
+    update_complete: bool,
+    /// Every member is synced: writes may be sent (if `accepted`) and are applied (or
+    /// failed) on delivery.
     all_synced: bool,
+    /// The round's term is accepted and persisted: writes are applied.
+    accepted: bool,
     /// Writes delivered before `all_synced`, in delivery order.
     queue: Vec<(Member, Msg<D>)>,
     /// Local requests waiting for the configuration to be synced, with the time they
@@ -74,13 +146,25 @@ impl<D: Database> Node<D> {
             quorate: false,
             now: 0,
             next_seq: 1,
-            confchg_counter: 0,
+            round_counter: 0,
             members: Vec::new(),
             sync_epoch: None,
+            sent_quorate: None,
+            resync_due: false,
+            resync_sent: false,
             states: BTreeMap::new(),
             leader: None,
             updates: Vec::new(),
+            proposal: None,
+            promised_here: None,
+            highest_seen: 0,
+            ballot: None,
+            need_promises: false,
+            promises: BTreeSet::new(),
+            await_update: false,
+            update_complete: false,
             all_synced: false,
+            accepted: false,
             queue: Vec::new(),
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -112,15 +196,24 @@ impl<D: Database> Node<D> {
         self.quorate
     }
 
-    /// Whether every member of the configuration is synced (writes flow).
+    /// Whether every member of the configuration is synced (the round is over).
     pub fn all_synced(&self) -> bool {
         self.all_synced
     }
 
-    /// Whether a write issued now would be sent at once (quorate and all synced);
-    /// the fs layer reports write permission bits from this and `quorate`.
+    /// The term this configuration accepted, once its writes flow.
+    pub fn accepted_term(&self) -> Option<Term> {
+        self.ballot.filter(|_| self.accepted)
+    }
+
+    /// Whether a write issued now would be sent at once (quorate, all synced and the
+    /// round's term accepted); the fs layer reports write permission bits from this and
+    /// `quorate`.
     pub fn writable(&self) -> bool {
-        self.quorate && self.all_synced && self.mode != Mode::Error
+        // Requests made earlier wait rather than go out while the round runs: a write
+        // queued by the round is lost (EAGAIN) if the configuration changes before the
+        // round ends, while a waiting request survives confchgs.
+        self.quorate && self.all_synced && self.accepted && self.mode != Mode::Error
     }
 
     /// Current members, sorted.
@@ -137,7 +230,7 @@ impl<D: Database> Node<D> {
     pub fn handle(&mut self, ev: Event<D::Op, D::Entry>) -> Vec<Act<D>> {
         let mut out = Vec::new();
         match ev {
-            Event::Tick { now } => self.now = now,
+            Event::Tick { now } => self.on_tick(now, &mut out),
             Event::Quorum(q) => self.on_quorum(q, &mut out),
             Event::LocalRequest { req_id, op } => self.on_request(req_id, op, &mut out),
             Event::ConfChg { members, .. } => self.on_confchg(members, &mut out),
@@ -171,23 +264,78 @@ impl<D: Database> Node<D> {
     }
 
     fn on_quorum(&mut self, q: bool, out: &mut Vec<Act<D>>) {
+        let gained = q && !self.quorate;
         self.quorate = q;
         if !q {
             // pmxcfs refuses writes without quorum at once; waiting requests too.
             for (req, ..) in self.pending.drain(..) {
                 Self::reply(req, Err(D::core_error(CoreError::NoQuorum)), out);
             }
-        } else {
-            self.flush_pending(out);
+            self.resync_due = false;
+            return;
+        }
+        if gained && self.sent_quorate == Some(false) {
+            // Our State of this round said "not quorate", so the round picks no term and
+            // the configuration would stay read-only until the next confchg, which may
+            // never come (quorum can change without the group changing). Quorum usually
+            // changes together with the group, though, and its confchg starts a round
+            // anyway, so the re-sync waits for the next tick and a confchg cancels it.
+            self.resync_due = true;
+        }
+        self.flush_pending(out);
+    }
+
+    /// Start a new round of this configuration if quorum was gained after this
+    /// member's State said otherwise and no confchg came since.
+    fn on_tick(&mut self, now: u32, out: &mut Vec<Act<D>>) {
+        self.now = now;
+        if !self.resync_due {
+            return;
+        }
+        if self.resync_sent
+            || !self.quorate
+            || self.sent_quorate != Some(false)
+            || matches!(self.mode, Mode::Start | Mode::Error)
+        {
+            self.resync_due = false;
+            return;
+        }
+        if !self.all_synced {
+            // Only a round that ended can be restarted (see `on_sync_start`); every
+            // member ends it at the same message, so wait for that.
+            return;
+        }
+        self.resync_due = false;
+        // Every member follows the last SyncStart delivered, whoever sent it.
+        self.resync_sent = true;
+        let epoch = self.next_epoch();
+        tracing::info!(me = %self.me, %epoch, "quorate now: re-syncing to pick a term");
+        let term = self.proposal();
+        self.send(Body::SyncStart { epoch, term }, out);
+    }
+
+    /// The term to propose for a round this member starts: above everything it knows.
+    fn proposal(&self) -> Term {
+        self.db.promised_term().max(self.highest_seen) + 1
+    }
+
+    fn next_epoch(&mut self) -> Epoch {
+        self.round_counter = self.round_counter.wrapping_add(1);
+        Epoch {
+            counter: self.round_counter,
+            nodeid: self.me.nodeid,
+            pid: self.me.pid,
         }
     }
 
     fn on_request(&mut self, req_id: u64, op: D::Op, out: &mut Vec<Act<D>>) {
         if self.mode == Mode::Error {
             Self::reply(req_id, Err(D::core_error(CoreError::Failed)), out);
-        } else if !self.quorate {
+        } else if !self.quorate || (self.all_synced && !self.accepted && !self.resync_sent) {
+            // Without an accepted term nobody applies the write; fail it now rather
+            // than let it wait for a round that may never come.
             Self::reply(req_id, Err(D::core_error(CoreError::NoQuorum)), out);
-        } else if self.all_synced {
+        } else if self.writable() {
             let seq = self.send(Body::Normal { op }, out);
             self.inflight.insert(seq, (req_id, Flight::Sent));
         } else {
@@ -196,7 +344,7 @@ impl<D: Database> Node<D> {
     }
 
     fn flush_pending(&mut self, out: &mut Vec<Act<D>>) {
-        if !(self.quorate && self.all_synced && self.mode != Mode::Error) {
+        if !self.writable() {
             return;
         }
         // A write carries the time it was requested, not the time it could be sent: a
@@ -229,20 +377,47 @@ impl<D: Database> Node<D> {
         self.queue.clear();
     }
 
+    /// Stop for good: the adapter must restart this node (its database stays as the
+    /// last durable step left it).
+    fn fail(&mut self, what: &str, e: &str, out: &mut Vec<Act<D>>) {
+        tracing::error!(me = %self.me, "{what} failed: {e}");
+        self.set_mode(Mode::Error, out);
+        self.fail_all(CoreError::Failed, out);
+    }
+
+    /// Forget the current round (not the write queue: a new round of the same
+    /// configuration still applies what was delivered in it, in order).
+    fn reset_round(&mut self) {
+        self.sync_epoch = None;
+        self.sent_quorate = None;
+        self.states.clear();
+        self.leader = None;
+        self.updates.clear();
+        self.proposal = None;
+        self.ballot = None;
+        self.need_promises = false;
+        self.promises.clear();
+        self.await_update = false;
+        self.update_complete = false;
+        self.all_synced = false;
+        self.accepted = false;
+    }
+
     fn on_confchg(&mut self, mut members: Vec<Member>, out: &mut Vec<Act<D>>) {
         if self.mode == Mode::Error {
             return;
         }
-        self.confchg_counter = self.confchg_counter.wrapping_add(1);
         members.sort();
         members.dedup();
         self.members = members;
         self.drop_queue(out);
-        self.sync_epoch = None;
-        self.states.clear();
-        self.leader = None;
-        self.updates.clear();
-        self.all_synced = false;
+        self.reset_round();
+        // This confchg's round carries the current quorum; and a SyncStart sent in the
+        // old configuration is never delivered in this one.
+        self.resync_due = false;
+        self.resync_sent = false;
+        self.promised_here = None;
+        let epoch = self.next_epoch();
         if !self.members.contains(&self.me) {
             // We left the group: nothing we sent can be delivered any more.
             self.fail_all(CoreError::Interrupted, out);
@@ -251,12 +426,8 @@ impl<D: Database> Node<D> {
         }
         self.set_mode(Mode::StartSync, out);
         if self.members[0] == self.me {
-            let epoch = Epoch {
-                counter: self.confchg_counter,
-                nodeid: self.me.nodeid,
-                pid: self.me.pid,
-            };
-            self.send(Body::SyncStart { epoch }, out);
+            let term = self.proposal();
+            self.send(Body::SyncStart { epoch, term }, out);
         }
     }
 
@@ -305,18 +476,14 @@ impl<D: Database> Node<D> {
                     ));
                 }
             }
-            Body::SyncStart { epoch } => {
-                if self.mode == Mode::StartSync && from == self.members[0] {
-                    tracing::debug!(me = %self.me, %epoch, "sync start");
-                    self.sync_epoch = Some(epoch);
-                    self.states.clear();
-                    let index = self.db.index();
-                    self.send(Body::State { epoch, index }, out);
-                } else {
-                    tracing::debug!(me = %self.me, %from, %epoch, mode = ?self.mode, "sync start ignored");
-                }
-            }
-            Body::State { epoch, index } => {
+            Body::SyncStart { epoch, term } => self.on_sync_start(from, epoch, term, out),
+            Body::State {
+                epoch,
+                quorate,
+                promised_proposal,
+                promised,
+                index,
+            } => {
                 if self.mode != Mode::StartSync || self.sync_epoch != Some(epoch) {
                     return; // a stale round
                 }
@@ -324,15 +491,41 @@ impl<D: Database> Node<D> {
                     tracing::warn!(me = %self.me, %from, "duplicate state ignored");
                     return;
                 }
-                self.states.insert(from, index);
+                self.states.insert(
+                    from,
+                    PeerState {
+                        quorate,
+                        promised_proposal,
+                        promised,
+                        index,
+                    },
+                );
                 if self.states.len() == self.members.len() {
                     self.process_states(out);
                 }
+            }
+            Body::Promise { epoch, term } => {
+                if self.sync_epoch != Some(epoch)
+                    || self.leader.is_none()
+                    || self.all_synced
+                    || !self.need_promises
+                {
+                    return; // a stale round
+                }
+                if self.ballot != Some(term) {
+                    // Every member computes the term from the same States; a different
+                    // one means a peer speaking another protocol. Never count it.
+                    tracing::error!(me = %self.me, %from, term, ballot = ?self.ballot, "promise for another term ignored");
+                    return;
+                }
+                self.promises.insert(from);
+                self.try_finish_round(out);
             }
             Body::Update { epoch, entries } => {
                 if self.mode == Mode::Update
                     && self.sync_epoch == Some(epoch)
                     && self.leader.as_ref().map(|l| l.0) == Some(from)
+                    && !self.update_complete
                 {
                     self.updates.extend(entries);
                 }
@@ -344,47 +537,136 @@ impl<D: Database> Node<D> {
                 {
                     return;
                 }
-                if self.mode == Mode::Update {
-                    let (_, leader_index) = self.leader.clone().expect("leader set in update mode");
-                    let entries = std::mem::take(&mut self.updates);
-                    match self.db.install_update(&leader_index, entries) {
-                        Ok(()) => {
-                            out.push(Action::SyncInstalled);
-                            self.set_mode(Mode::Synced, out);
-                        }
-                        Err(e) => {
-                            tracing::error!(me = %self.me, "installing the leader's state failed: {e}");
-                            self.set_mode(Mode::Error, out);
-                            self.fail_all(CoreError::Failed, out);
-                            return;
-                        }
-                    }
-                }
-                self.become_all_synced(out);
+                self.update_complete = true;
+                self.try_finish_round(out);
             }
         }
     }
 
-    fn process_states(&mut self, out: &mut Vec<Act<D>>) {
-        let states: Vec<(Member, DbIndex)> = std::mem::take(&mut self.states).into_iter().collect();
-        let li = select_leader(&states).expect("at least this member's state");
-        let (leader, leader_index) = states[li].clone();
-        let unsynced: Vec<&DbIndex> = states
-            .iter()
-            .filter(|(_, i)| *i != leader_index)
-            .map(|(_, i)| i)
-            .collect();
-        let me_synced = states
-            .iter()
-            .any(|(m, i)| *m == self.me && *i == leader_index);
-        tracing::debug!(me = %self.me, %leader, unsynced = unsynced.len(), "all states received");
-        if unsynced.is_empty() {
-            self.set_mode(Mode::Synced, out);
-            self.become_all_synced(out);
+    /// Start (or restart) a round. After a confchg the lowest member sends the
+    /// SyncStart (as in pmxcfs); a member that became quorate after its State said
+    /// otherwise sends one once the round ended without a term. All members deliver
+    /// SyncStarts in the same order and are at the same point of the round when they
+    /// do, so all follow the same rounds.
+    fn on_sync_start(&mut self, from: Member, epoch: Epoch, proposal: Term, out: &mut Vec<Act<D>>) {
+        if from == self.me {
+            self.resync_sent = false;
+        }
+        // SyncStarts sent while processing an older confchg can land in this
+        // configuration (CPG orders a message after the confchg its sender had not seen
+        // yet). A round that accepted a term, or one under way, ignores all but the
+        // lowest member's at the start (pmxcfs's rule), so such stale ones cannot keep
+        // restarting it; a round that ended without a term may be restarted by anyone.
+        let fresh_round = self.mode == Mode::StartSync && from == self.members[0];
+        let termless = self.all_synced && !self.accepted;
+        if self.sync_epoch == Some(epoch) || !(fresh_round || termless) {
+            tracing::debug!(me = %self.me, %from, %epoch, mode = ?self.mode, "sync start ignored");
             return;
         }
-        if leader == self.me {
-            let epoch = self.sync_epoch.expect("epoch adopted before states");
+        tracing::debug!(me = %self.me, %epoch, "sync start");
+        self.reset_round();
+        self.set_mode(Mode::StartSync, out);
+        self.sync_epoch = Some(epoch);
+        self.proposal = Some(proposal);
+        self.sent_quorate = Some(self.quorate);
+        let index = self.db.index();
+        let mut promised = self.db.promised_term();
+        // Promise the proposal now if it is above everything this member promised or
+        // accepted: if every member can, the States double as the Promises. Not when
+        // not quorate: the round then picks no term anyway. A promise already given to
+        // this configuration may be repeated (its lowest member often sends several
+        // SyncStarts with one proposal): only one round of a configuration can accept
+        // a term, as a round that picked one is never restarted (see above) and a
+        // restarted one accepted nothing.
+        let fresh = proposal > promised.max(index.term);
+        let promised_proposal = self.quorate
+            && (fresh || (self.promised_here == Some(proposal) && index.term < proposal));
+        if promised_proposal && fresh {
+            if let Err(e) = self.db.set_promised_term(proposal) {
+                self.fail("persisting the promised term", &e, out);
+                return;
+            }
+            promised = proposal;
+            self.promised_here = Some(proposal);
+        }
+        let body = Body::State {
+            epoch,
+            quorate: self.quorate,
+            promised_proposal,
+            promised,
+            index,
+        };
+        self.send(body, out);
+    }
+
+    fn process_states(&mut self, out: &mut Vec<Act<D>>) {
+        let states: Vec<(Member, PeerState)> =
+            std::mem::take(&mut self.states).into_iter().collect();
+        let indexes: Vec<(Member, DbIndex)> =
+            states.iter().map(|(m, s)| (*m, s.index.clone())).collect();
+        let li = select_leader(&indexes).expect("at least this member's state");
+        let (leader, leader_index) = indexes[li].clone();
+        let highest = states
+            .iter()
+            .map(|(_, s)| s.promised.max(s.index.term))
+            .max()
+            .expect("at least this member's state");
+        self.highest_seen = self.highest_seen.max(highest);
+        // A new term only when every member said quorate: then this configuration is a
+        // majority and shares a member with every other quorate one. If every member
+        // promised the proposal before sending its State, that is the term (everyone
+        // promised it before anyone can accept it). Otherwise the term is one above
+        // every promise and term in the round, which every member must promise first.
+        // Either way it exceeds every term here, so accepting it raises every tree.
+        let all_quorate = states.iter().all(|(_, s)| s.quorate);
+        let all_promised = states.iter().all(|(_, s)| s.promised_proposal);
+        let (ballot, need_promises) = match (all_quorate, all_promised, self.proposal) {
+            (false, ..) => (None, false),
+            (true, true, Some(p)) => (Some(p), false),
+            (true, ..) => (Some(highest + 1), true),
+        };
+        // Without a new term, a member keeps its own tree if the leader's is older than
+        // a term it promised (Paxos' acceptor never accepts below its promise): a
+        // quorate configuration may have accepted that term with a tree lacking the
+        // leader's newer writes, so copying could only spread a superseded branch, e.g.
+        // make a write a minority applied look held by a majority.
+        let adopts = |s: &PeerState| ballot.is_some() || leader_index.term >= s.promised;
+        // Trees equal to the leader's need no update: with a new term they are only
+        // relabelled, and without one a lower label is harmless (never above the
+        // leader's, and the tree is the same).
+        let unsynced: Vec<&DbIndex> = states
+            .iter()
+            .filter(|(_, s)| !s.index.same_content(&leader_index) && adopts(s))
+            .map(|(_, s)| &s.index)
+            .collect();
+        let mine = &states
+            .iter()
+            .find(|(m, _)| *m == self.me)
+            .expect("this member's state")
+            .1;
+        let my_mode = if mine.index.same_content(&leader_index) {
+            Mode::Synced
+        } else if adopts(mine) {
+            Mode::Update
+        } else {
+            Mode::Detached
+        };
+        tracing::debug!(me = %self.me, %leader, unsynced = unsynced.len(), ?ballot, "all states received");
+        let epoch = self.sync_epoch.expect("epoch adopted before states");
+        if let (Some(term), true) = (ballot, need_promises) {
+            // Durable before the Promise leaves: once every Promise is delivered some
+            // member may accept the term, and a crash of this one must not let it
+            // forget that, or another configuration could pick the same term.
+            if let Err(e) = self.db.set_promised_term(term) {
+                self.fail("persisting the promised term", &e, out);
+                return;
+            }
+            self.send(Body::Promise { epoch, term }, out);
+        }
+        self.ballot = ballot;
+        self.need_promises = need_promises;
+        self.await_update = !unsynced.is_empty();
+        if self.await_update && leader == self.me {
             let inodes = updates_needed(&leader_index, unsynced);
             // One entry per message as pmxcfs does: a single entry may be up to 1 MiB,
             // close to corosync's atomic message size.
@@ -400,14 +682,52 @@ impl<D: Database> Node<D> {
             self.send(Body::UpdateComplete { epoch }, out);
         }
         self.leader = Some((leader, leader_index));
-        self.set_mode(
-            if me_synced {
-                Mode::Synced
-            } else {
-                Mode::Update
-            },
-            out,
-        );
+        self.set_mode(my_mode, out);
+        self.try_finish_round(out);
+    }
+
+    /// End the round once the leader's updates are in (if any were needed) and every
+    /// member promised the term (if the round has one): accept the leader's tree, with
+    /// the round's term, then let writes flow.
+    fn try_finish_round(&mut self, out: &mut Vec<Act<D>>) {
+        if self.leader.is_none()
+            || self.all_synced
+            || (self.await_update && !self.update_complete)
+            || (self.need_promises && self.promises.len() < self.members.len())
+        {
+            return;
+        }
+        if self.mode == Mode::Update {
+            let (_, leader_index) = self
+                .leader
+                .clone()
+                .expect("leader set before the round ends");
+            // The tree and its term in one durable step: a new term on the old tree
+            // would let a stale tree out-rank the ones that accepted the term, and the
+            // new tree under an old term would no longer be a prefix of that term's
+            // history. Without a new term this is a copy of the leader's labelled tree.
+            let target = DbIndex {
+                term: self.ballot.unwrap_or(leader_index.term),
+                ..leader_index
+            };
+            self.highest_seen = self.highest_seen.max(target.term);
+            let entries = std::mem::take(&mut self.updates);
+            if let Err(e) = self.db.install_update(&target, entries) {
+                self.fail("installing the leader's state", &e, out);
+                return;
+            }
+            out.push(Action::SyncInstalled);
+            self.set_mode(Mode::Synced, out);
+        } else if let Some(term) = self.ballot {
+            // This tree already is the leader's: relabel it before applying writes of
+            // the term on top of it.
+            if let Err(e) = self.db.set_term(term) {
+                self.fail("persisting the term", &e, out);
+                return;
+            }
+        }
+        self.accepted = self.ballot.is_some();
+        self.become_all_synced(out);
     }
 
     fn become_all_synced(&mut self, out: &mut Vec<Act<D>>) {
@@ -418,9 +738,9 @@ impl<D: Database> Node<D> {
                 self.apply_normal(from, msg.seq, msg.time, op, out);
             }
         }
-        if self.quorate {
+        if self.writable() {
             self.flush_pending(out);
-        } else {
+        } else if !self.resync_sent {
             for (req, ..) in self.pending.drain(..) {
                 Self::reply(req, Err(D::core_error(CoreError::NoQuorum)), out);
             }
@@ -435,7 +755,9 @@ impl<D: Database> Node<D> {
         op: D::Op,
         out: &mut Vec<Act<D>>,
     ) {
-        let result = if self.quorate {
+        // Decided by the round, not by this member's quorum flag, so every member
+        // decides alike: without an accepted term nobody applies it.
+        let result = if self.accepted {
             let r = self.db.apply(&op, from.nodeid, time);
             if r.is_ok() {
                 out.push(Action::Applied {
@@ -447,7 +769,6 @@ impl<D: Database> Node<D> {
             }
             r
         } else {
-            // Every member of this configuration shares its quorum, so none applies it.
             Err(D::core_error(CoreError::NoQuorum))
         };
         if from == self.me {
@@ -582,5 +903,302 @@ mod tests {
         assert_eq!(replies, vec![(9, Err(SimErr::Again))]);
         assert!(n.db().locks().is_empty());
         assert_eq!(n.unanswered(), 0);
+    }
+
+    /// A tiny CPG for one configuration: one log in total order, delivered to every
+    /// member in full unless it is cut short for some (they "crash" first).
+    struct Cfg<'a> {
+        nodes: Vec<&'a mut Node<SimDb>>,
+        log: Vec<(Member, Msg<SimDb>)>,
+        /// Replies seen, by node position.
+        replies: Vec<(usize, u64, Result<(), SimErr>)>,
+        /// Messages each node delivered.
+        delivered: Vec<usize>,
+    }
+
+    impl<'a> Cfg<'a> {
+        /// Quorum then ConfChg to every node, as the simulator and corosync do.
+        fn new(nodes: Vec<&'a mut Node<SimDb>>, quorate: bool) -> Self {
+            let members: Vec<Member> = nodes.iter().map(|n| n.me()).collect();
+            let mut c = Cfg {
+                delivered: vec![0; nodes.len()],
+                nodes,
+                log: Vec::new(),
+                replies: Vec::new(),
+            };
+            for i in 0..c.nodes.len() {
+                let acts = c.nodes[i].handle(Event::Quorum(quorate));
+                c.take(i, acts);
+                let acts = c.nodes[i].handle(Event::ConfChg {
+                    members: members.clone(),
+                    left: vec![],
+                    joined: vec![],
+                });
+                c.take(i, acts);
+            }
+            c
+        }
+
+        fn take(&mut self, i: usize, acts: Vec<A>) {
+            let me = self.nodes[i].me();
+            for a in acts {
+                match a {
+                    Action::Multicast(m) => self.log.push((me, m)),
+                    Action::Reply { req_id, result } => self.replies.push((i, req_id, result)),
+                    _ => {}
+                }
+            }
+        }
+
+        fn feed(&mut self, i: usize, ev: Event<SimOp, crate::sim::SimEntry>) {
+            let acts = self.nodes[i].handle(ev);
+            self.take(i, acts);
+        }
+
+        fn request(&mut self, i: usize, req_id: u64, op: SimOp) {
+            self.feed(i, Event::LocalRequest { req_id, op });
+        }
+
+        /// Node `i` delivers the log up to `upto` messages (or all, growing as it goes).
+        fn deliver_to(&mut self, i: usize, upto: Option<usize>) {
+            while self.delivered[i] < upto.unwrap_or(self.log.len()).min(self.log.len()) {
+                let (from, msg) = self.log[self.delivered[i]].clone();
+                self.delivered[i] += 1;
+                self.feed(i, Event::Deliver { from, msg });
+            }
+        }
+
+        /// Everyone delivers everything, round-robin, until nothing is left.
+        fn settle(&mut self) {
+            loop {
+                let before = self.delivered.clone();
+                for i in 0..self.nodes.len() {
+                    if self.delivered[i] < self.log.len() {
+                        let upto = self.delivered[i] + 1;
+                        self.deliver_to(i, Some(upto));
+                    }
+                }
+                if self.delivered == before {
+                    return;
+                }
+            }
+        }
+
+        fn kinds(&self) -> Vec<&'static str> {
+            self.log.iter().map(|(_, m)| m.body.kind()).collect()
+        }
+    }
+
+    fn node(id: u32, pid: u32) -> Node<SimDb> {
+        let mut n = Node::new(Member::new(id, pid), SimDb::genesis());
+        n.handle(Event::Tick { now: 1000 });
+        n
+    }
+
+    /// A crashed process keeps only its database; it restarts as a new member.
+    fn restart(n: Node<SimDb>, now: u32) -> Node<SimDb> {
+        let me = n.me();
+        let mut r = Node::new(Member::new(me.nodeid, me.pid + 1), n.into_db());
+        r.handle(Event::Tick { now });
+        r
+    }
+
+    fn write(id: u64, path: &str) -> SimOp {
+        SimOp::Create {
+            id,
+            path: path.into(),
+        }
+    }
+
+    /// The lost-write scenario the simulator found (seeds 6, 177, 473, ...), end to
+    /// end: n1's partners crash before delivering its writes, n1 goes on alone with a
+    /// higher version, the restarted majority writes under a new term, and after the
+    /// heal the majority's write survives and n1's minority branch is dropped.
+    #[test]
+    fn minority_branch_with_higher_version_but_older_term_loses() {
+        let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+        let t1 = {
+            let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+            cfg.settle();
+            assert!(cfg.nodes.iter().all(|n| n.writable()));
+            // n1 writes three files; only n1 delivers them before b and c crash.
+            for (k, p) in ["a/w1", "a/w2", "a/w3"].into_iter().enumerate() {
+                cfg.request(0, k as u64 + 1, write(k as u64 + 1, p));
+            }
+            cfg.deliver_to(0, None);
+            assert_eq!(
+                cfg.replies,
+                vec![(0, 1, Ok(())), (0, 2, Ok(())), (0, 3, Ok(()))],
+                "acknowledged after n1's own delivery"
+            );
+            cfg.nodes[0].db().index().term
+        };
+        assert!(t1 >= 1);
+        let (mut b, mut c) = (restart(b, 2000), restart(c, 2000));
+        // n1 alone, not quorate: no new term, but it keeps its higher version.
+        Cfg::new(vec![&mut a], false).settle();
+        assert_eq!(a.db().index().term, t1);
+        // The restarted majority: a new term and a write of its own.
+        let t2 = {
+            let mut cfg = Cfg::new(vec![&mut b, &mut c], true);
+            cfg.settle();
+            cfg.request(0, 9, write(9, "b/x"));
+            cfg.settle();
+            assert_eq!(cfg.replies, vec![(0, 9, Ok(()))]);
+            cfg.nodes[0].db().index().term
+        };
+        assert!(t2 > t1);
+        assert!(
+            a.db().version() > b.db().version(),
+            "the minority branch has the higher version"
+        );
+        // Heal: the majority's history wins although its version is lower.
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        cfg.settle();
+        let want = cfg.nodes[1].db().index();
+        assert!(want.term > t2);
+        for n in &cfg.nodes {
+            assert!(n.writable());
+            assert_eq!(n.db().index(), want);
+            assert!(
+                n.db().read("b/x").is_some(),
+                "the majority's write survived"
+            );
+            assert!(n.db().read("a/w1").is_none(), "the minority branch is gone");
+        }
+    }
+
+    /// Fast path: a SyncStart's proposal every member could promise is the term, and
+    /// the round needs no Promise messages.
+    #[test]
+    fn proposal_promised_by_all_is_accepted_without_promises() {
+        let (mut a, mut b) = (node(1, 10), node(2, 10));
+        let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+        cfg.settle();
+        assert_eq!(cfg.kinds(), vec!["sync-start", "state", "state"]);
+        for n in &cfg.nodes {
+            assert_eq!(n.accepted_term(), Some(1));
+            assert_eq!(n.db().index().term, 1);
+            assert_eq!(n.db().promised_term(), 1);
+        }
+    }
+
+    /// Slow path: the starter proposed a term another member had already promised, so
+    /// every member must promise a higher one, and nobody accepts it until every
+    /// member's Promise is delivered. A member that crashed before promising leaves
+    /// the others unaccepted, so it cannot later help another configuration pick the
+    /// same term for a different tree.
+    #[test]
+    fn no_member_accepts_a_term_before_every_member_promised_it() {
+        let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+        // n2 promised term 5 in some configuration n1 never saw.
+        b.db.set_promised_term(5).unwrap();
+        let states = {
+            let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+            // Everyone delivers the SyncStart and sends a State.
+            for i in 0..3 {
+                cfg.deliver_to(i, Some(1));
+            }
+            assert_eq!(cfg.kinds(), vec!["sync-start", "state", "state", "state"]);
+            // n1 and n2 deliver every State and promise 6; n3 crashes before its last.
+            cfg.deliver_to(0, Some(4));
+            cfg.deliver_to(1, Some(4));
+            cfg.deliver_to(2, Some(3));
+            assert_eq!(&cfg.kinds()[4..], ["promise", "promise"]);
+            // Both Promises delivered, n3's never comes: nobody accepted anything.
+            cfg.deliver_to(0, None);
+            cfg.deliver_to(1, None);
+            for n in &cfg.nodes[..2] {
+                assert_eq!(n.db().promised_term(), 6);
+                assert_eq!(n.db().index().term, 0);
+                assert_eq!(n.accepted_term(), None);
+                assert!(!n.writable());
+            }
+            cfg.log.len()
+        };
+        assert_eq!(states, 6);
+        assert_eq!(c.db().promised_term(), 1, "n3 promised only the proposal");
+        // The next configuration must pick a term above every promise, 6 included.
+        let mut c = restart(c, 2000);
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        cfg.settle();
+        for n in &cfg.nodes {
+            let t = n.accepted_term().expect("accepted");
+            assert!(t > 6);
+            assert_eq!(n.db().index().term, t);
+        }
+    }
+
+    /// A member whose State said "not quorate" because its quorum notification came
+    /// late starts a new round once quorate, so the configuration gets a term without
+    /// waiting for a confchg.
+    #[test]
+    fn late_quorum_re_syncs_to_pick_a_term() {
+        let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        // n2's quorum notification had not arrived when the confchg did.
+        cfg.feed(1, Event::Quorum(false));
+        cfg.settle();
+        assert!(cfg
+            .nodes
+            .iter()
+            .all(|n| n.all_synced() && n.accepted_term().is_none()));
+        // Meanwhile writes are refused rather than left waiting.
+        cfg.request(0, 1, write(1, "a/f"));
+        assert_eq!(cfg.replies, vec![(0, 1, Err(SimErr::Access))]);
+        cfg.feed(1, Event::Quorum(true));
+        // The re-sync waits for a tick, so that a confchg arriving with the quorum
+        // change (the usual case) makes it unnecessary.
+        assert_eq!(cfg.kinds().last(), Some(&"state"));
+        cfg.feed(1, Event::Tick { now: 1001 });
+        assert_eq!(cfg.kinds().last(), Some(&"sync-start"));
+        cfg.settle();
+        assert!(cfg.nodes.iter().all(|n| n.writable()));
+        cfg.request(0, 2, write(2, "a/f"));
+        cfg.settle();
+        assert_eq!(cfg.replies.last(), Some(&(0, 2, Ok(()))));
+    }
+
+    /// A confchg right after the quorum change cancels the pending re-sync: its own
+    /// round carries the new quorum.
+    #[test]
+    fn confchg_after_quorum_gain_needs_no_re_sync() {
+        let mut a = node(1, 10);
+        Cfg::new(vec![&mut a], false).settle();
+        let mut cfg = Cfg::new(vec![&mut a], true);
+        cfg.feed(0, Event::Tick { now: 1001 });
+        cfg.settle();
+        assert_eq!(cfg.kinds(), vec!["sync-start", "state"]);
+        assert!(cfg.nodes[0].writable());
+    }
+
+    /// Without a term, a member does not adopt a leader's tree older than a term it
+    /// promised: that tree is superseded, and copying it would only spread a branch a
+    /// quorate configuration already left behind.
+    #[test]
+    fn termless_round_does_not_spread_a_superseded_tree() {
+        let mut old = SimDb::genesis();
+        old.set_term(3).unwrap();
+        old.apply(&write(1, "a/old"), 1, 5).unwrap();
+        let mut promised = SimDb::genesis();
+        promised.set_promised_term(7).unwrap();
+        let mut fresh = SimDb::genesis();
+        let mut a = Node::new(Member::new(1, 10), old);
+        let mut b = Node::new(Member::new(2, 10), promised.clone());
+        let mut c = Node::new(Member::new(3, 10), fresh.clone());
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], false);
+        cfg.settle();
+        assert_eq!(cfg.nodes[0].mode(), Mode::Synced);
+        assert_eq!(cfg.nodes[1].mode(), Mode::Detached);
+        assert_eq!(cfg.nodes[1].db(), &promised);
+        // A member that promised nothing newer still copies it, as pmxcfs does.
+        assert_eq!(cfg.nodes[2].mode(), Mode::Synced);
+        fresh
+            .install_update(
+                &cfg.nodes[0].db().index(),
+                cfg.nodes[0].db().entries(&[0, 5]),
+            )
+            .unwrap();
+        assert_eq!(cfg.nodes[2].db(), &fresh);
     }
 }

@@ -50,15 +50,35 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// A database summary exchanged during sync (pmxcfs's `memdb_encode_index`).
+/// A replication term: the number of a synchronisation round of a quorate configuration
+/// that every member promised to join (see [`crate::core::Database`] for the rules).
+pub type Term = u64;
+
+/// A database summary exchanged during sync (pmxcfs's `memdb_encode_index`, plus the
+/// term).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DbIndex {
-    /// Global version: bumped by every successful write, so it orders histories.
+    /// Term of the history this content belongs to: compared before the version in
+    /// leader selection, because versions of different histories are not comparable
+    /// (a minority that went on writing can hold a higher version than the majority's
+    /// newer history). 0 for a tree no quorate sync ever accepted.
+    pub term: Term,
+    /// Global version: bumped by every successful write, so it orders content within
+    /// one term.
     pub version: u64,
     /// Time of the last write (writer's clock), the first tie breaker.
     pub mtime: u32,
     /// `(inode, digest)` of every entry, sorted by inode.
     pub entries: Vec<(u64, Digest)>,
+}
+
+impl DbIndex {
+    /// Whether both summaries describe the same tree, whatever term each is labelled
+    /// with (a node that crashed before persisting a new term holds the same tree under
+    /// an older one).
+    pub fn same_content(&self, other: &DbIndex) -> bool {
+        self.version == other.version && self.mtime == other.mtime && self.entries == other.entries
+    }
 }
 
 /// Where a node is in the protocol (pmxcfs's `dfsm_mode_t`).
@@ -72,6 +92,10 @@ pub enum Mode {
     Update,
     /// This node's database equals the leader's.
     Synced,
+    /// A round without a term ended and this node kept its own database: the leader's
+    /// is older than a term this node promised, so it is known to be superseded. No
+    /// writes are applied in such a round anyway; the next quorate round syncs it.
+    Detached,
     /// Installing the leader's updates failed; the adapter must restart this node.
     Error,
 }

@@ -5,7 +5,7 @@
 //! writes the converged tree contains.
 use std::collections::BTreeMap;
 
-use crate::core::{CoreError, Database, DbIndex, Digest, NodeId};
+use crate::core::{CoreError, Database, DbIndex, Digest, NodeId, Term};
 use crate::wire::WireCodec;
 
 /// Lock timeout (pmxcfs `CFS_LOCK_TIMEOUT`).
@@ -120,9 +120,12 @@ pub struct SimEntry {
     pub mtime: u32,
 }
 
-/// The simulated database.
+/// The simulated database. Like its tree, its term and promised term survive a
+/// crash (the simulator keeps the whole value), as the [`Database`] contract demands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimDb {
+    term: Term,
+    promised: Term,
     version: u64,
     mtime: u32,
     writer: NodeId,
@@ -180,6 +183,8 @@ impl SimDb {
     /// The tree every node starts from: `priv/lock`, `a`, `b`.
     pub fn genesis() -> Self {
         let mut db = SimDb {
+            term: 0,
+            promised: 0,
             version: 0,
             mtime: 0,
             writer: 0,
@@ -209,6 +214,20 @@ impl SimDb {
     /// Global version.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Term of the tree (as in [`Database::index`]).
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Whether both hold the same tree (what `index()` digests), whatever their terms.
+    pub fn same_tree(&self, other: &SimDb) -> bool {
+        self.version == other.version
+            && self.mtime == other.mtime
+            && self.writer == other.writer
+            && self.applied == other.applied
+            && self.entries == other.entries
     }
 
     /// Content of a file, for tests.
@@ -370,10 +389,31 @@ impl Database for SimDb {
         let mut entries = vec![(0, self.root_entry().digest())];
         entries.extend(self.entries.values().map(|e| (e.inode, e.digest())));
         DbIndex {
+            term: self.term,
             version: self.version,
             mtime: self.mtime,
             entries,
         }
+    }
+
+    fn promised_term(&self) -> Term {
+        self.promised
+    }
+
+    fn set_promised_term(&mut self, term: Term) -> Result<(), String> {
+        if term <= self.promised {
+            return Err(format!("promise {term} not above {}", self.promised));
+        }
+        self.promised = term;
+        Ok(())
+    }
+
+    fn set_term(&mut self, term: Term) -> Result<(), String> {
+        if term <= self.term {
+            return Err(format!("term {term} not above {}", self.term));
+        }
+        self.term = term;
+        Ok(())
     }
 
     fn entries(&self, inodes: &[u64]) -> Vec<SimEntry> {
@@ -393,7 +433,16 @@ impl Database for SimDb {
         let got: BTreeMap<u64, SimEntry> = entries.into_iter().map(|e| (e.inode, e)).collect();
         let mine = self.index();
         let mine: BTreeMap<u64, Digest> = mine.entries.into_iter().collect();
+        if leader.term < self.term {
+            return Err(format!(
+                "leader term {} below ours {}",
+                leader.term, self.term
+            ));
+        }
         let mut new = SimDb {
+            // Installed with the tree, in the same step: see the trait's contract.
+            term: leader.term,
+            promised: self.promised,
             version: leader.version,
             mtime: leader.mtime,
             writer: 0,

@@ -11,7 +11,12 @@
 //! delivery is chosen, every surviving member delivers exactly the prefix up to it and
 //! nobody delivers the rest, then each gets Quorum + ConfChg for its next
 //! configuration. Quorum is a majority of all N nodes and reaches each member together
-//! with its confchg. A crash loses the core's memory but keeps its database.
+//! with its confchg. A crash loses the core's memory but keeps its database (tree,
+//! term and promised term alike, as the `Database` contract requires).
+//!
+//! Besides convergence and the fate of every acknowledged write, every step checks
+//! that no two databases, live or crashed, hold different trees under the same term
+//! and version: leader selection orders trees by (term, version) and relies on it.
 mod db;
 mod rng;
 mod world;

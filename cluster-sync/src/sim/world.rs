@@ -157,6 +157,8 @@ struct World {
     report: Report,
 }
 
+/// Hash of the tree an index describes (not its term label, which members holding the
+/// same tree may legitimately differ in after a non-quorate round).
 fn index_hash(i: &DbIndex) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: &[u8]| {
@@ -389,6 +391,40 @@ impl World {
         Ok(())
     }
 
+    /// The term design's core invariant, over every database (live or crashed): two
+    /// trees with the same term and version are the same tree. It holds only if no two
+    /// configurations ever accept the same term and every member applies the term's
+    /// writes in the same order from the same starting tree; leader selection relies
+    /// on it to order trees within a term by version.
+    fn check_terms(&self) -> R<()> {
+        // Compared structurally, not by index(): this runs after every step.
+        let mut seen: BTreeMap<(u64, u64), (usize, &SimDb)> = BTreeMap::new();
+        for (i, nd) in self.nodes.iter().enumerate() {
+            let db = match (&nd.core, &nd.stored) {
+                (Some(core), _) => core.db(),
+                (None, Some(db)) => db,
+                (None, None) => continue,
+            };
+            let key = (db.term(), db.version());
+            match seen.get(&key) {
+                Some(&(j, other)) if !other.same_tree(db) => {
+                    return Err(format!(
+                        "n{} and n{} hold different trees at term {} version {}",
+                        j + 1,
+                        i + 1,
+                        key.0,
+                        key.1
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(key, (i, db));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn hold(&mut self, i: usize, id: u64) {
         let h = self.holders.entry(id).or_default();
         h.insert(i);
@@ -465,7 +501,25 @@ impl World {
             wire::decode::<SimCodec>(&bytes).map_err(|e| format!("own encoding rejected: {e}"))?;
         let what = match &msg.body {
             Body::Normal { op } => format!("{op:?}"),
-            Body::State { index, .. } => format!("state v{} mtime {}", index.version, index.mtime),
+            Body::State {
+                index,
+                quorate,
+                promised,
+                promised_proposal,
+                ..
+            } => format!(
+                "state term {} v{} mtime {} promised {promised}{} quorate {quorate}",
+                index.term,
+                index.version,
+                index.mtime,
+                if *promised_proposal {
+                    " (proposal)"
+                } else {
+                    ""
+                }
+            ),
+            Body::SyncStart { term, .. } => format!("sync-start proposing term {term}"),
+            Body::Promise { term, .. } => format!("promise term {term}"),
             b => b.kind().to_string(),
         };
         self.log(format!(
@@ -475,7 +529,8 @@ impl World {
         ));
         self.feed(i, Event::Deliver { from, msg })?;
         let core = self.nodes[i].core.as_ref().expect("alive");
-        if core.all_synced() {
+        // A detached member (see `Mode::Detached`) ended the round keeping its own tree.
+        if core.all_synced() && core.mode() == Mode::Synced {
             let h = index_hash(&core.db().index());
             match self.cfgs[c].synced_at.get(&(pos + 1)) {
                 Some(&(j, h2)) if h2 != h => {
@@ -712,6 +767,7 @@ impl World {
             }
             let i = *self.rng.pick(&ready);
             self.run_node(i)?;
+            self.check_terms()?;
             self.step += 1;
         }
         let cfg = self.nodes[0].current;
@@ -778,6 +834,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, Failure> {
         w.reconfigure();
         while w.step < cfg.steps {
             w.step_once(cfg.crashes)?;
+            w.check_terms()?;
             w.step += 1;
         }
         w.converge()

@@ -43,6 +43,7 @@ impl Database for ClusterDb {
         let db = self.sh.db.read();
         let root = db.root_version();
         DbIndex {
+            term: db.term(),
             version: root.version,
             mtime: root.mtime,
             entries: db.index_entries(),
@@ -53,8 +54,23 @@ impl Database for ClusterDb {
         self.sh.db.read().rows_for(inodes)
     }
 
+    fn promised_term(&self) -> u64 {
+        self.sh.db.read().promised_term()
+    }
+
+    fn set_promised_term(&mut self, term: u64) -> Result<(), String> {
+        self.sh.db.write().set_promised_term(term)
+    }
+
+    fn set_term(&mut self, term: u64) -> Result<(), String> {
+        self.sh.db.write().set_term(term)
+    }
+
     fn install_update(&mut self, leader: &DbIndex, entries: Vec<Row>) -> Result<(), String> {
-        self.sh.db.write().install_sync(&leader.entries, entries)?;
+        self.sh
+            .db
+            .write()
+            .install_sync(&leader.entries, entries, leader.term)?;
         self.sh.after_sync();
         Ok(())
     }

@@ -26,7 +26,7 @@ use crate::memdb::Op;
 use crate::status::Member as StatusMember;
 
 /// CPG group of pmxfs nodes (not pmxcfs's `pve_dcdb_v1`: the encoding differs).
-pub const GROUP: &str = "pmxfs_dcdb_v1";
+pub const GROUP: &str = "pmxfs_dcdb_v2";
 
 type Request = (Op, SyncSender<Result<(), Errno>>);
 

@@ -67,6 +67,8 @@ pub struct MemDb {
     limits: Limits,
     lock_timeout: u32,
     vms: VmIndex,
+    term: u64,
+    promised_term: u64,
     // A Mutex only to make MemDb Sync (SQLite connections are Send, not Sync); all
     // access is through &mut self, so it is never contended.
     store: parking_lot::Mutex<Box<dyn Store>>,
@@ -186,10 +188,49 @@ impl MemDb {
             limits,
             lock_timeout: locks::DEFAULT_LOCK_TIMEOUT,
             vms: VmIndex::default(),
+            term: 0,
+            promised_term: 0,
             store: parking_lot::Mutex::new(store),
         };
         db.vms = VmIndex::rebuild(&db);
         Ok(db)
+    }
+
+    /// Restore the replication numbers loaded with the tree.
+    pub fn with_terms(mut self, term: u64, promised_term: u64) -> MemDb {
+        self.term = term;
+        self.promised_term = promised_term;
+        self
+    }
+
+    /// Replication term of the tree (see cluster-sync's `Database`).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Highest term this node promised to join.
+    pub fn promised_term(&self) -> u64 {
+        self.promised_term
+    }
+
+    /// Durably relabel the tree with `term`.
+    pub fn set_term(&mut self, term: u64) -> Result<(), String> {
+        self.store
+            .get_mut()
+            .set_meta("term", term)
+            .map_err(|e| e.to_string())?;
+        self.term = term;
+        Ok(())
+    }
+
+    /// Durably record the promise to join `term`.
+    pub fn set_promised_term(&mut self, term: u64) -> Result<(), String> {
+        self.store
+            .get_mut()
+            .set_meta("promised_term", term)
+            .map_err(|e| e.to_string())?;
+        self.promised_term = term;
+        Ok(())
     }
 
     /// Rows for these inodes, for a cluster sync; inode 0 is the root's version record.
@@ -208,6 +249,7 @@ impl MemDb {
         &mut self,
         leader: &[index::IndexEntry],
         updates: Vec<Row>,
+        term: u64,
     ) -> Result<(), String> {
         let wanted: std::collections::HashSet<u64> = leader.iter().map(|(i, _)| *i).collect();
         let mut root = self.root;
@@ -247,8 +289,9 @@ impl MemDb {
         rows.sort_by_key(|r| r.inode);
         self.store
             .get_mut()
-            .replace_all(&rows, root)
+            .replace_all(&rows, root, term)
             .map_err(|e| format!("persisting the synced tree failed: {e}"))?;
+        self.term = term;
         self.entries = entries;
         self.bytes = bytes;
         self.root = root;

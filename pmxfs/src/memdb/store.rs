@@ -52,8 +52,13 @@ pub trait Store: Send {
     /// Persist `txn` atomically: afterwards either all of it is durable or none.
     fn commit(&mut self, txn: &Txn) -> Result<(), StoreError>;
 
-    /// Replace the whole content (used when a cluster sync installs a leader's tree).
-    fn replace_all(&mut self, rows: &[Row], root: RootVersion) -> Result<(), StoreError>;
+    /// Replace the whole content (used when a cluster sync installs a leader's tree),
+    /// with the replication term that labels it, in one transaction.
+    fn replace_all(&mut self, rows: &[Row], root: RootVersion, term: u64)
+        -> Result<(), StoreError>;
+
+    /// Durably store a small replication number (`term`, `promised_term`).
+    fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError>;
 
     /// Fold the write-ahead log into the database (on clean shutdown).
     fn checkpoint(&mut self) -> Result<(), StoreError> {
@@ -75,7 +80,16 @@ impl Store for NullStore {
         Ok(())
     }
 
-    fn replace_all(&mut self, _rows: &[Row], _root: RootVersion) -> Result<(), StoreError> {
+    fn replace_all(
+        &mut self,
+        _rows: &[Row],
+        _root: RootVersion,
+        _term: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn set_meta(&mut self, _key: &str, _value: u64) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -120,6 +134,10 @@ pub struct Loaded {
     pub root: RootVersion,
     /// Whether the file was created now.
     pub created: bool,
+    /// Replication term of the tree (0 if never synced in a cluster).
+    pub term: u64,
+    /// Highest term this node promised to join.
+    pub promised_term: u64,
 }
 
 impl SqliteStore {
@@ -180,6 +198,8 @@ impl SqliteStore {
                 rows: Vec::new(),
                 root,
                 created: true,
+                term: 0,
+                promised_term: 0,
             });
         }
         Ok((
@@ -308,6 +328,8 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
         rows,
         root,
         created: false,
+        term: read_meta(conn, &tables, "term").map_err(|e| corrupt(path, e))?,
+        promised_term: read_meta(conn, &tables, "promised_term").map_err(|e| corrupt(path, e))?,
     }))
 }
 
@@ -324,6 +346,35 @@ fn write_root(conn: &Connection, root: RootVersion) -> rusqlite::Result<()> {
         VERSION_NAME
     ])?;
     Ok(())
+}
+
+/// Replication numbers live in their own table: pmxcfs reads only `tree`, so a database
+/// we wrote still opens there.
+const META_SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS pmxfs_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);";
+
+fn write_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
+    conn.execute_batch(META_SCHEMA)?;
+    conn.prepare_cached("REPLACE INTO pmxfs_meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![key, value as i64])?;
+    Ok(())
+}
+
+/// Read a replication number: 0 when never stored (a pmxcfs database has no
+/// `pmxfs_meta`); a value that is there but unreadable is an error, never a silent 0,
+/// because forgetting a promise could let two configurations accept one term.
+fn read_meta(conn: &Connection, tables: &[String], key: &str) -> rusqlite::Result<u64> {
+    if !tables.iter().any(|t| t == "pmxfs_meta") {
+        return Ok(0);
+    }
+    match conn.query_row("SELECT value FROM pmxfs_meta WHERE key = ?1", [key], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(v) if v >= 0 => Ok(v as u64),
+        Ok(v) => Err(rusqlite::Error::IntegralValueOutOfRange(0, v)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 fn write_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
@@ -363,14 +414,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn replace_all(&mut self, rows: &[Row], root: RootVersion) -> Result<(), StoreError> {
+    fn replace_all(
+        &mut self,
+        rows: &[Row],
+        root: RootVersion,
+        term: u64,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM tree", [])?;
         for row in rows {
             write_row(&tx, row)?;
         }
         write_root(&tx, root)?;
+        write_meta(&tx, "term", term)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+        write_meta(&self.conn, key, value)?;
         Ok(())
     }
 

@@ -453,3 +453,45 @@ fn foreign_and_corrupt_files_are_refused_untouched() {
     assert_eq!(std::fs::read(&foreign).unwrap(), before);
     assert!(!dir.path().join("foreign.db-wal").exists());
 }
+
+#[test]
+fn replication_terms_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    {
+        let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let mut d = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default())
+            .unwrap()
+            .with_terms(loaded.term, loaded.promised_term);
+        assert_eq!((d.term(), d.promised_term()), (0, 0));
+        d.set_promised_term(7).unwrap();
+        mkdir(&mut d, "a").unwrap();
+        let idx = d.index_entries();
+        let rows = d.rows_for(&[0, 2]);
+        d.install_sync(&idx, rows, 7).unwrap();
+    }
+    let (_, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    assert_eq!((loaded.term, loaded.promised_term), (7, 7));
+}
+
+#[test]
+fn an_unreadable_replication_term_refuses_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    {
+        let (mut store, _) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        store.set_meta("promised_term", 3).unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE pmxfs_meta SET value = -5 WHERE key = 'promised_term'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    match SqliteStore::open(&path, SyncMode::Normal) {
+        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("-5"), "{reason}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a negative promised term was accepted"),
+    }
+}
