@@ -236,6 +236,56 @@ fn writes_are_coalesced_per_handle() {
     assert_eq!(s, "one");
 }
 
+/// A local commit sends no invalidation (the kernel drops size and mtime itself at each
+/// WRITE), so attributes must never be cached from an uncommitted state: with 1 s
+/// timeouts, `stat()` shows the size last written while a handle is open and the
+/// committed size and mtime right after close. O_APPEND positions writes by the
+/// kernel's i_size, which a path `stat()` refreshes from our reply: a reply with the
+/// committed size (0) would make the next append overwrite the start of the file.
+#[test]
+fn attributes_follow_uncommitted_and_committed_writes() {
+    let fs = Pmxfs::start(&["--attr-timeout", "1", "--entry-timeout", "1"]);
+    let p = fs.p("app.log");
+    fs::write(&p, b"").unwrap();
+    let mut a = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    for i in 1..=20u64 {
+        a.write_all(b"abc").unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            3 * i,
+            "stat after append {i}"
+        );
+    }
+    drop(a);
+    assert_eq!(fs::read(&p).unwrap(), b"abc".repeat(20));
+
+    fs::write(fs.p("f"), b"0123456789").unwrap();
+    let m0 = fs::metadata(fs.p("f")).unwrap(); // cached for 1 s from here
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::metadata(fs.p("f")).unwrap();
+    let mut w = fs::OpenOptions::new().write(true).open(fs.p("f")).unwrap();
+    w.write_all(b"abcdefghijklmnopqrstuvwxyz").unwrap();
+    assert_eq!(fs::metadata(fs.p("f")).unwrap().len(), 26);
+    drop(w);
+    let m1 = fs::metadata(fs.p("f")).unwrap();
+    assert_eq!(m1.len(), 26);
+    assert!(
+        m1.mtime() > m0.mtime(),
+        "mtime {} after {}",
+        m1.mtime(),
+        m0.mtime()
+    );
+    let t = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(fs.p("f"))
+        .unwrap();
+    assert_eq!(fs::metadata(fs.p("f")).unwrap().len(), 0);
+    drop(t);
+    assert_eq!(fs::metadata(fs.p("f")).unwrap().len(), 0);
+    assert_eq!(fs::read(fs.p("f")).unwrap(), b"");
+}
+
 #[test]
 fn virtual_files_have_pmxcfs_formats() {
     let fs = Pmxfs::start(&[]);

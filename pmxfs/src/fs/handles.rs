@@ -63,11 +63,26 @@ impl Handle {
     }
 }
 
+/// Uncommitted writes to one inode.
+#[derive(Debug, Clone, Copy)]
+struct Dirty {
+    /// Dirty handles.
+    handles: u32,
+    /// Content length after the latest write through any of them.
+    len: u64,
+}
+
 /// The handle table.
 #[derive(Debug, Default)]
 pub struct Handles {
     map: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     next: AtomicU64,
+    /// memdb inodes with uncommitted writes. Their attributes are answered uncacheable
+    /// (the mtime goes stale at the commit, and a local commit sends no invalidation)
+    /// and with the size last written, as pmxcfs, which commits every write at once,
+    /// would show: the kernel takes i_size from a GETATTR reply, and O_APPEND writes
+    /// position themselves by it. A leaf lock: nothing else is taken while it is held.
+    dirty: Mutex<HashMap<u64, Dirty>>,
 }
 
 impl Handles {
@@ -86,6 +101,46 @@ impl Handles {
     /// Remove handle `fh`.
     pub fn remove(&self, fh: u64) -> Option<Arc<Mutex<Handle>>> {
         self.map.lock().remove(&fh)
+    }
+
+    /// Run `f` on handle `h` of inode `ino`, recording when it makes the handle dirty.
+    /// Callers hold no db lock; the mark is set before the caller replies.
+    pub fn modify<R>(&self, ino: u64, h: &mut Handle, f: impl FnOnce(&mut Handle) -> R) -> R {
+        let was = h.dirty();
+        let r = f(h);
+        if h.dirty() {
+            let len = h.content().len() as u64;
+            let mut d = self.dirty.lock();
+            let e = d.entry(ino).or_insert(Dirty { handles: 0, len });
+            e.len = len;
+            if !was {
+                e.handles += 1;
+            }
+        }
+        r
+    }
+
+    /// Handle `h` of inode `ino` is clean again (committed or discarded): call only
+    /// after the commit is visible in the db, so an attribute reply that reads the
+    /// inode clean also reads the committed state.
+    pub fn cleaned(&self, ino: u64) {
+        let mut d = self.dirty.lock();
+        if let Some(e) = d.get_mut(&ino) {
+            e.handles -= 1;
+            if e.handles == 0 {
+                d.remove(&ino);
+            }
+        }
+    }
+
+    /// Whether some handle holds uncommitted writes to memdb inode `ino`.
+    pub fn is_dirty(&self, ino: u64) -> bool {
+        self.dirty.lock().contains_key(&ino)
+    }
+
+    /// Size of memdb inode `ino` after its latest uncommitted write, if any.
+    pub fn pending_len(&self, ino: u64) -> Option<u64> {
+        self.dirty.lock().get(&ino).map(|e| e.len)
     }
 
     /// Number of open handles.

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use parking_lot::{Mutex, RwLock};
@@ -176,6 +177,19 @@ impl Shared {
 
     /// Timeouts for a reply about memdb inode `ino`.
     pub(crate) fn ttls(&self, db: &MemDb, ino: u64) -> Ttls {
+        let t = self.policy_ttls(db, ino);
+        // Uncommitted writes (in both modes: pmxcfs commits every write at once, so the
+        // kernel never sees a half-written state there).
+        if self.handles.is_dirty(ino) {
+            return Ttls {
+                attr: Duration::ZERO,
+                ..t
+            };
+        }
+        t
+    }
+
+    fn policy_ttls(&self, db: &MemDb, ino: u64) -> Ttls {
         if !self.policy.enabled {
             return self.policy.default;
         }

@@ -85,7 +85,8 @@ impl PmxFs {
         let Some(e) = db.get(ino) else {
             return reply.error(FErrno::ENOENT);
         };
-        let attr = attrs::of_entry(db, e, self.sh.status.quorate(), self.sh.gid, None);
+        let pending = self.sh.handles.pending_len(ino);
+        let attr = attrs::of_entry(db, e, self.sh.status.quorate(), self.sh.gid, pending);
         let t = self.sh.ttls(db, ino);
         self.sh.remember(attr.ino.0);
         reply.entry_with_ttls(&t.attr, &t.entry, &attr, Generation(0));
@@ -115,9 +116,9 @@ impl PmxFs {
         self.sh.apply_local(&op)?;
         let data = h.buf.take().unwrap_or_default();
         h.snapshot = Arc::new(data);
-        if let Some(inv) = self.sh.invalidator() {
-            inv.inode(fuse_ino(ino));
-        }
+        // No invalidation: the kernel dropped its size and mtime at each WRITE (and at an
+        // O_TRUNC open), and attributes read while the handle was dirty were not cached.
+        self.sh.handles.cleaned(ino);
         Ok(())
     }
 
@@ -264,7 +265,7 @@ impl Filesystem for PmxFs {
         self.sh.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.sh.getattrs.fetch_add(1, Ordering::Relaxed);
         if let Some((_, v)) = vfiles::by_ino(ino.0) {
             let ttl = if matches!(v, Virt::Link(_)) {
@@ -274,9 +275,6 @@ impl Filesystem for PmxFs {
             };
             return reply.attr(&ttl, &self.virt_attr(ino.0, v));
         }
-        let pending = fh
-            .and_then(|fh| self.sh.handles.get(fh.0))
-            .and_then(|h| h.lock().buf.as_ref().map(|b| b.len() as u64));
         let db = self.sh.db.read();
         let Some(m) = memdb_ino(ino.0).and_then(|m| self.sh.live_ino(&db, m)) else {
             return reply.error(FErrno::ENOENT);
@@ -284,6 +282,7 @@ impl Filesystem for PmxFs {
         let Some(e) = db.get(m) else {
             return reply.error(FErrno::ENOENT);
         };
+        let pending = self.sh.handles.pending_len(m);
         let mut attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
         attr.ino = ino;
         let t = self.sh.ttls(&db, m);
@@ -340,7 +339,13 @@ impl Filesystem for PmxFs {
             let handle = fh.and_then(|fh| self.sh.handles.get(fh.0));
             let writable = handle.as_ref().is_some_and(|h| h.lock().writable);
             let res = match handle {
-                Some(h) if writable => h.lock().truncate(size, max),
+                Some(h) if writable => {
+                    let mut h = h.lock();
+                    match h.ino {
+                        Some(i) => self.sh.handles.modify(i, &mut h, |h| h.truncate(size, max)),
+                        None => Err(Errno::EBADF),
+                    }
+                }
                 _ => self
                     .sh
                     .apply_local(&Op::Write {
@@ -364,9 +369,7 @@ impl Filesystem for PmxFs {
                 return reply.error(fe(e));
             }
         }
-        let pending = fh
-            .and_then(|fh| self.sh.handles.get(fh.0))
-            .and_then(|h| h.lock().buf.as_ref().map(|b| b.len() as u64));
+        let pending = self.sh.handles.pending_len(m);
         let db = self.sh.db.read();
         match db.get(m) {
             Some(e) => {
@@ -484,10 +487,22 @@ impl Filesystem for PmxFs {
             Ok(fh) => {
                 if writable && flags.0 & libc::O_TRUNC != 0 {
                     if let Some(h) = self.sh.handles.get(fh) {
-                        h.lock().buf = Some(Vec::new());
+                        let mut h = h.lock();
+                        if let Some(i) = h.ino {
+                            self.sh
+                                .handles
+                                .modify(i, &mut h, |h| h.buf = Some(Vec::new()));
+                        }
                     }
                 }
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                // A read-only handle has nothing to commit at close: skip the FLUSH
+                // round trip.
+                let fl = if writable {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+                };
+                reply.opened(FileHandle(fh), fl)
             }
             Err(e) => reply.error(fe(e)),
         }
@@ -551,7 +566,11 @@ impl Filesystem for PmxFs {
         if new_len > room && new_len <= max {
             return reply.error(FErrno::ENOSPC);
         }
-        match h.write(offset, data, max) {
+        match self
+            .sh
+            .handles
+            .modify(ino, &mut h, |h| h.write(offset, data, max))
+        {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(fe(e)),
         }
@@ -583,8 +602,12 @@ impl Filesystem for PmxFs {
     ) {
         let res = self.commit(fh.0);
         if let Some(h) = self.sh.handles.remove(fh.0) {
-            if let (Err(e), Some(ino)) = (&res, h.lock().ino) {
+            let h = h.lock();
+            if let (Err(e), Some(ino)) = (&res, h.ino) {
                 tracing::warn!(ino, "discarding unwritten data of a closed file: {e}");
+                if h.dirty() {
+                    self.sh.handles.cleaned(ino);
+                }
             }
         }
         match res {

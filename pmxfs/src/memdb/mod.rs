@@ -6,6 +6,7 @@
 //! state, persisted as one transaction, and only then installed in memory, so a failed
 //! commit leaves both the database and the tree unchanged.
 
+mod checkpoint;
 pub mod entry;
 pub mod index;
 pub mod op;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::checkpoint::Checkpointer;
 use super::entry::{Kind, RootVersion, Row, DT_REG};
 
 /// One atomic change to persist: rows to delete, rows to insert or replace, and the new
@@ -108,6 +109,7 @@ pub enum SyncMode {
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    ckpt: Checkpointer,
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tree (
@@ -183,6 +185,8 @@ impl SqliteStore {
             SyncMode::Normal => "PRAGMA synchronous=NORMAL;",
             SyncMode::Full => "PRAGMA synchronous=FULL;",
         })?;
+        // Checkpoints run on their own thread (see `checkpoint`), never in a commit.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
         if !created {
             loaded = validate_schema(&conn, path)?;
         }
@@ -206,6 +210,7 @@ impl SqliteStore {
             SqliteStore {
                 conn,
                 path: path.to_path_buf(),
+                ckpt: Checkpointer::start(path)?,
             },
             loaded.expect("set above"),
         ))
@@ -411,6 +416,7 @@ impl Store for SqliteStore {
         }
         write_root(&tx, txn.root)?;
         tx.commit()?;
+        self.ckpt.committed();
         Ok(())
     }
 
@@ -428,11 +434,13 @@ impl Store for SqliteStore {
         write_root(&tx, root)?;
         write_meta(&tx, "term", term)?;
         tx.commit()?;
+        self.ckpt.committed();
         Ok(())
     }
 
     fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
         write_meta(&self.conn, key, value)?;
+        self.ckpt.committed();
         Ok(())
     }
 

@@ -495,3 +495,40 @@ fn an_unreadable_replication_term_refuses_the_database() {
         Ok(_) => panic!("a negative promised term was accepted"),
     }
 }
+
+/// Commits never run SQLite's checkpoint themselves (it fsyncs inside the commit); the
+/// background thread folds the WAL into the database file soon after.
+#[test]
+fn the_wal_is_folded_into_the_database_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    let mut d =
+        MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    for i in 0..8 {
+        put(&mut d, &format!("f{i}"), &vec![b'x'; 64 * 1024]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let grown = loop {
+        let len = std::fs::metadata(&path).unwrap().len();
+        if len >= before + 8 * 64 * 1024 || std::time::Instant::now() > deadline {
+            break len;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        grown >= before + 8 * 64 * 1024,
+        "database file {grown} bytes (was {before}): the WAL was not checkpointed"
+    );
+    drop(d);
+    let (_, again) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    assert_eq!(
+        again
+            .rows
+            .iter()
+            .filter(|r| r.name.starts_with('f'))
+            .count(),
+        8
+    );
+}
