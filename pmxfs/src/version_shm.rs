@@ -44,6 +44,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::status::OBSERVED_PATHS;
 use std::sync::LazyLock;
 
 #[cfg(not(target_has_atomic = "64"))]
@@ -54,57 +56,32 @@ compile_error!("version_shm needs native 64-bit atomics (plain loads on a read-o
 /// Append-only: the slot index of a path is its position here and is part of the file
 /// format shared with already-running clients. The first 43 entries are the paths pmxcfs
 /// tracks in `.version` (`status.c:memdb_change_array`), in the same order; the rest are
-/// the auth-key and API-token files used by the `auth-key` crate.
-pub const TRACKED_PATHS: &[&str] = &[
-    "corosync.conf",
-    "corosync.conf.new",
-    "storage.cfg",
-    "user.cfg",
-    "domains.cfg",
-    "notifications.cfg",
-    "priv/notifications.cfg",
-    "priv/shadow.cfg",
-    "priv/acme/plugins.cfg",
-    "priv/tfa.cfg",
-    "priv/token.cfg",
-    "priv/wg-keys.cfg",
-    "datacenter.cfg",
-    "vzdump.cron",
-    "vzdump.conf",
-    "jobs.cfg",
-    "ha/crm_commands",
-    "ha/manager_status",
-    "ha/resources.cfg",
-    "ha/rules.cfg",
-    "ha/groups.cfg",
-    "ha/fence.cfg",
-    "status.cfg",
-    "replication.cfg",
-    "ceph.conf",
-    "sdn/vnets.cfg",
-    "sdn/zones.cfg",
-    "sdn/controllers.cfg",
-    "sdn/subnets.cfg",
-    "sdn/ipams.cfg",
-    "sdn/mac-cache.json",
-    "sdn/pve-ipam-state.json",
-    "sdn/dns.cfg",
-    "sdn/fabrics.cfg",
-    "sdn/route-maps.cfg",
-    "sdn/prefix-lists.cfg",
-    "sdn/.running-config",
-    "virtual-guest/cpu-models.conf",
-    "virtual-guest/profiles.cfg",
-    "firewall/cluster.fw",
-    "mapping/directory.cfg",
-    "mapping/pci.cfg",
-    "mapping/usb.cfg",
+/// the auth-key and API-token files used by the `auth-key` crate. Adding a path to
+/// `OBSERVED_PATHS` therefore moves these and needs a new layout version.
+pub const TRACKED_PATHS: &[&str] = &TRACKED;
+
+/// The auth-key and API-token files tracked after pmxcfs's paths.
+const EXTRA_PATHS: &[&str] = &[
     "priv/token.shadow",
     "authkey.pub",
     "authkey.pub.old",
     "priv/authkey.key",
     "pve-www.key",
 ];
+
+const TRACKED: [&str; OBSERVED_PATHS.len() + EXTRA_PATHS.len()] = {
+    let mut out = [""; OBSERVED_PATHS.len() + EXTRA_PATHS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = if i < OBSERVED_PATHS.len() {
+            OBSERVED_PATHS[i]
+        } else {
+            EXTRA_PATHS[i - OBSERVED_PATHS.len()]
+        };
+        i += 1;
+    }
+    out
+};
 
 /// Total size of the shared file in bytes (one page).
 pub const SHM_SIZE: usize = 4096;
