@@ -20,6 +20,10 @@ DIR=/tmp/pmxfs-bench-cluster
 exec 9>/run/pmxfs-cluster.lock
 flock 9
 trap 'bash scripts/cluster.sh down "$DIR" >/dev/null 2>&1 || true' EXIT
+# Fresh databases: `cluster.sh up` keeps a directory's data, and files left by an
+# earlier run would turn the creates measured below into overwrites.
+bash scripts/cluster.sh down "$DIR" >/dev/null 2>&1 || true
+rm -rf "$DIR"
 PMXFS_BIN=$BIN bash scripts/cluster.sh up 3 "$DIR" >/dev/null 2>"$DIR.log" || { cat "$DIR.log"; exit 1; }
 st() { "$BIN" status --json --mount "$DIR/n$1/mnt"; }
 sent() { st "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster_messages"]["sent"])'; }
@@ -50,12 +54,17 @@ dt = time.perf_counter() - t0
 print(f"3 writers: {3*N/dt:8,.0f} creates+writes/s (total)")
 PY
 
+# Names unique to this run: a file left by an earlier run on the same database would
+# be an overwrite (no create message).
+tag="msgs-$$-$(date +%s)"
 s0=$(sent 1); python3 -c "
-import os
 for i in range(500):
-    open('$DIR/n1/mnt/msgs%d' % i, 'wb').write(b'x' * 4096)"
-s1=$(sent 1)
-python3 -c "print(f'cpg messages multicast by the writer per create+write+close: {($s1-$s0)/500:.2f}')"
+    open('$DIR/n1/mnt/$tag-%d' % i, 'wb').write(b'x' * 4096)"
+s1=$(sent 1); python3 -c "
+for i in range(500):
+    open('$DIR/n1/mnt/$tag-%d' % i, 'wb').write(b'y' * 4096)"
+s2=$(sent 1)
+python3 -c "print(f'cpg messages multicast by the writer: new file (create+write+close) {($s1-$s0)/500:.2f}, overwrite (open O_TRUNC+write+close) {($s2-$s1)/500:.2f}')"
 
 bash scripts/cluster.sh pmxfs-kill 3 "$DIR"
 python3 -c "
