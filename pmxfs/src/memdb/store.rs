@@ -186,7 +186,8 @@ impl SqliteStore {
             SyncMode::Full => "PRAGMA synchronous=FULL;",
         })?;
         // Checkpoints run on their own thread (see `checkpoint`), never in a commit.
-        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
+        // After a burst, the WAL file is cut back to 16 MiB when it restarts.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=16777216;")?;
         if !created {
             loaded = validate_schema(&conn, path)?;
         }
@@ -406,18 +407,20 @@ fn write_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
 
 impl Store for SqliteStore {
     fn commit(&mut self, txn: &Txn) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        for ino in &txn.deletes {
-            tx.prepare_cached("DELETE FROM tree WHERE inode = ?1")?
-                .execute([*ino as i64])?;
-        }
-        for row in &txn.upserts {
-            write_row(&tx, row)?;
-        }
-        write_root(&tx, txn.root)?;
-        tx.commit()?;
-        self.ckpt.committed();
-        Ok(())
+        let conn = &mut self.conn;
+        self.ckpt.commit(|| {
+            let tx = conn.transaction()?;
+            for ino in &txn.deletes {
+                tx.prepare_cached("DELETE FROM tree WHERE inode = ?1")?
+                    .execute([*ino as i64])?;
+            }
+            for row in &txn.upserts {
+                write_row(&tx, row)?;
+            }
+            write_root(&tx, txn.root)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn replace_all(
@@ -426,21 +429,23 @@ impl Store for SqliteStore {
         root: RootVersion,
         term: u64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM tree", [])?;
-        for row in rows {
-            write_row(&tx, row)?;
-        }
-        write_root(&tx, root)?;
-        write_meta(&tx, "term", term)?;
-        tx.commit()?;
-        self.ckpt.committed();
-        Ok(())
+        let conn = &mut self.conn;
+        self.ckpt.commit(|| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM tree", [])?;
+            for row in rows {
+                write_row(&tx, row)?;
+            }
+            write_root(&tx, root)?;
+            write_meta(&tx, "term", term)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
-        write_meta(&self.conn, key, value)?;
-        self.ckpt.committed();
+        let conn = &self.conn;
+        self.ckpt.commit(|| write_meta(conn, key, value))?;
         Ok(())
     }
 

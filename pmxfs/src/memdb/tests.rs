@@ -532,3 +532,28 @@ fn the_wal_is_folded_into_the_database_in_the_background() {
         8
     );
 }
+
+/// Under a stream of commits the WAL restarts instead of growing for as long as the
+/// stream lasts (a checkpoint beside the writer alone never catches up with it).
+#[test]
+fn the_wal_stays_bounded_under_a_stream_of_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    let mut d =
+        MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
+    let commits = 12_000;
+    for i in 0..commits {
+        put(&mut d, &format!("f{}", i % 64), &vec![b'x'; 4096]);
+    }
+    let wal = std::fs::metadata(dir.path().join("config.db-wal"))
+        .unwrap()
+        .len();
+    // Each commit appends at least two frames (the file's data page and the version
+    // record): a WAL that never restarted would hold all of them.
+    let unbounded = commits as u64 * 2 * 4096;
+    assert!(
+        wal < 32 << 20,
+        "WAL is {wal} bytes after {commits} commits (never restarted: {unbounded})"
+    );
+}
