@@ -796,6 +796,33 @@ mod tests {
             .collect()
     }
 
+    /// A lone member delivers its own messages, and those they cause, in order; the
+    /// other actions it took on the way.
+    fn deliver_own(n: &mut Node<SimDb>, mut inbox: Vec<Msg<SimDb>>) -> Vec<A> {
+        let me = n.me();
+        let mut out = Vec::new();
+        while !inbox.is_empty() {
+            let msg = inbox.remove(0);
+            for a in n.handle(Event::Deliver { from: me, msg }) {
+                match a {
+                    Action::Multicast(m) => inbox.push(m),
+                    a => out.push(a),
+                }
+            }
+        }
+        out
+    }
+
+    fn replies(actions: &[A]) -> Vec<(u64, Result<(), SimErr>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { req_id, result } => Some((*req_id, *result)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn mkdir(id: u64) -> SimOp {
         SimOp::Mkdir {
             id,
@@ -838,29 +865,20 @@ mod tests {
             op: mkdir(1),
         });
         assert!(sent(&early).is_empty());
-        let mut inbox = sent(&acts);
-        let mut replies = Vec::new();
-        let mut applied = 0;
-        while !inbox.is_empty() {
-            let msg = inbox.remove(0);
-            for a in n.handle(Event::Deliver { from: me, msg }) {
-                match a {
-                    Action::Multicast(m) => inbox.push(m),
-                    Action::Reply { req_id, result } => replies.push((req_id, result)),
-                    Action::Applied {
-                        local: true, time, ..
-                    } => {
-                        assert_eq!(time, 500);
-                        applied += 1;
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let done = deliver_own(&mut n, sent(&acts));
+        let applied: Vec<u32> = done
+            .iter()
+            .filter_map(|a| match a {
+                Action::Applied {
+                    local: true, time, ..
+                } => Some(*time),
+                _ => None,
+            })
+            .collect();
         assert_eq!(n.mode(), Mode::Synced);
         assert!(n.writable());
-        assert_eq!(replies, vec![(1, Ok(()))]);
-        assert_eq!(applied, 1);
+        assert_eq!(replies(&done), vec![(1, Ok(()))]);
+        assert_eq!(applied, vec![500]);
         assert_eq!(n.db().locks(), vec![("x".to_string(), 500)]);
     }
 
@@ -869,38 +887,25 @@ mod tests {
         let me = Member::new(1, 10);
         let mut n = Node::new(me, SimDb::genesis());
         n.handle(Event::Quorum(true));
-        let mut inbox = sent(&n.handle(Event::ConfChg {
+        let acts = n.handle(Event::ConfChg {
             members: vec![me],
             left: vec![],
             joined: vec![me],
-        }));
-        while !inbox.is_empty() {
-            let msg = inbox.remove(0);
-            inbox.extend(sent(&n.handle(Event::Deliver { from: me, msg })));
-        }
+        });
+        deliver_own(&mut n, sent(&acts));
         let write = sent(&n.handle(Event::LocalRequest {
             req_id: 9,
             op: mkdir(2),
         }));
         assert_eq!(write.len(), 1);
         // The write is never delivered; a new configuration's own State reveals it.
-        let mut inbox = sent(&n.handle(Event::ConfChg {
+        let acts = n.handle(Event::ConfChg {
             members: vec![me],
             left: vec![],
             joined: vec![],
-        }));
-        let mut replies = Vec::new();
-        while !inbox.is_empty() {
-            let msg = inbox.remove(0);
-            for a in n.handle(Event::Deliver { from: me, msg }) {
-                match a {
-                    Action::Multicast(m) => inbox.push(m),
-                    Action::Reply { req_id, result } => replies.push((req_id, result)),
-                    _ => {}
-                }
-            }
-        }
-        assert_eq!(replies, vec![(9, Err(SimErr::Again))]);
+        });
+        let done = deliver_own(&mut n, sent(&acts));
+        assert_eq!(replies(&done), vec![(9, Err(SimErr::Again))]);
         assert!(n.db().locks().is_empty());
         assert_eq!(n.unanswered(), 0);
     }

@@ -133,11 +133,6 @@ impl Handles {
         }
     }
 
-    /// Whether some handle holds uncommitted writes to memdb inode `ino`.
-    pub fn is_dirty(&self, ino: u64) -> bool {
-        self.dirty.lock().contains_key(&ino)
-    }
-
     /// Size of memdb inode `ino` after its latest uncommitted write, if any.
     pub fn pending_len(&self, ino: u64) -> Option<u64> {
         self.dirty.lock().get(&ino).map(|e| e.len)

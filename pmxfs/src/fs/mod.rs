@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use fuser::FileAttr;
 use nix::errno::Errno;
 use parking_lot::{Mutex, RwLock};
 
 use crate::coherence::{self, Policy, Ttls};
-use crate::memdb::{store::now_secs, Applied, Change, LockEvent, MemDb, Op, OpCtx, ROOT_INODE};
+use crate::memdb::{
+    store::now_secs, Applied, Change, Entry, LockEvent, MemDb, Op, OpCtx, ROOT_INODE,
+};
 use crate::notify::Invalidator;
 use crate::status::Status;
 use crate::version_shm::{self, VersionShmWriter};
@@ -175,18 +178,25 @@ impl Shared {
         fuse == fuse_ino(ROOT_INODE) || self.known.lock().contains_key(&fuse)
     }
 
-    /// Timeouts for a reply about memdb inode `ino`.
-    pub(crate) fn ttls(&self, db: &MemDb, ino: u64) -> Ttls {
-        let t = self.policy_ttls(db, ino);
-        // Uncommitted writes (in both modes: pmxcfs commits every write at once, so the
-        // kernel never sees a half-written state there).
-        if self.handles.is_dirty(ino) {
-            return Ttls {
-                attr: Duration::ZERO,
-                ..t
-            };
+    /// Attributes and timeouts for a reply about entry `e`. The uncommitted state is read
+    /// once, under the caller's db lock: a handle is marked clean only after its commit
+    /// is visible in the db, so a clean read here always goes with committed attributes.
+    pub(crate) fn attr_reply(&self, db: &MemDb, e: &Entry) -> (FileAttr, Ttls) {
+        let pending = self.handles.pending_len(e.row.inode);
+        let attr = attrs::of_entry(db, e, self.status.quorate(), self.gid, pending);
+        let t = self.policy_ttls(db, e.row.inode);
+        // Uncommitted writes get uncacheable attributes (in both modes: pmxcfs commits
+        // every write at once, so there the kernel never sees a half-written state).
+        match pending {
+            Some(_) => (
+                attr,
+                Ttls {
+                    attr: Duration::ZERO,
+                    ..t
+                },
+            ),
+            None => (attr, t),
         }
-        t
     }
 
     fn policy_ttls(&self, db: &MemDb, ino: u64) -> Ttls {

@@ -85,9 +85,7 @@ impl PmxFs {
         let Some(e) = db.get(ino) else {
             return reply.error(FErrno::ENOENT);
         };
-        let pending = self.sh.handles.pending_len(ino);
-        let attr = attrs::of_entry(db, e, self.sh.status.quorate(), self.sh.gid, pending);
-        let t = self.sh.ttls(db, ino);
+        let (attr, t) = self.sh.attr_reply(db, e);
         self.sh.remember(attr.ino.0);
         reply.entry_with_ttls(&t.attr, &t.entry, &attr, Generation(0));
     }
@@ -174,8 +172,7 @@ impl PmxFs {
         let Ok(e) = db.resolve(&path) else {
             return reply.error(FErrno::ENOENT);
         };
-        let attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, None);
-        let t = self.sh.ttls(&db, e.row.inode);
+        let (attr, t) = self.sh.attr_reply(&db, e);
         drop(db);
         self.sh.remember(attr.ino.0);
         match (&applied.lock, self.sh.invalidator()) {
@@ -282,10 +279,8 @@ impl Filesystem for PmxFs {
         let Some(e) = db.get(m) else {
             return reply.error(FErrno::ENOENT);
         };
-        let pending = self.sh.handles.pending_len(m);
-        let mut attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
+        let (mut attr, t) = self.sh.attr_reply(&db, e);
         attr.ino = ino;
-        let t = self.sh.ttls(&db, m);
         reply.attr(&t.attr, &attr);
     }
 
@@ -369,14 +364,11 @@ impl Filesystem for PmxFs {
                 return reply.error(fe(e));
             }
         }
-        let pending = self.sh.handles.pending_len(m);
         let db = self.sh.db.read();
         match db.get(m) {
             Some(e) => {
-                let mut attr =
-                    attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, pending);
+                let (mut attr, t) = self.sh.attr_reply(&db, e);
                 attr.ino = ino;
-                let t = self.sh.ttls(&db, m);
                 reply.attr(&t.attr, &attr);
             }
             None => reply.error(FErrno::ENOENT),
@@ -768,8 +760,7 @@ impl Filesystem for PmxFs {
         let Ok(e) = db.resolve(&path) else {
             return reply.error(FErrno::ENOENT);
         };
-        let attr = attrs::of_entry(&db, e, self.sh.status.quorate(), self.sh.gid, None);
-        let t = self.sh.ttls(&db, e.row.inode);
+        let (attr, t) = self.sh.attr_reply(&db, e);
         let fh = self.sh.handles.insert(Handle {
             ino: Some(e.row.inode),
             snapshot: e.row.data.clone(),
