@@ -32,6 +32,12 @@ fi
 if ! grep -q ' /sys/fs/fuse/connections ' /proc/self/mountinfo; then
   mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || true
 fi
+# FUSE over io_uring (Linux 6.14+) is off by default; pmxfs uses it in local mode when
+# it is on, and falls back to /dev/fuse when it is not.
+uring=/sys/module/fuse/parameters/enable_uring
+if [ -e "$uring" ] && [ "$(cat "$uring")" != Y ]; then
+  echo Y >"$uring" 2>/dev/null || echo "setup: cannot enable FUSE over io_uring" >&2
+fi
 # corosync's Debian package starts a daemon on install; the tests run their own.
 systemctl disable --now corosync >/dev/null 2>&1 || true
 echo "setup: ok"

@@ -16,9 +16,54 @@ fn err_of<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// Start a daemon on one transport and check it is the one carrying requests.
+fn start_on(transport: &str) -> Pmxfs {
+    let fs = Pmxfs::start(&["--transport", transport]);
+    let t = fs.status()["transport"].as_str().unwrap_or("").to_string();
+    match transport {
+        // setup.sh turns on fuse.enable_uring; without it this fails instead of
+        // quietly testing /dev/fuse twice.
+        "io-uring" => assert!(t.starts_with("io_uring"), "transport {t}: {}", fs.log()),
+        _ => assert_eq!(t, "/dev/fuse"),
+    }
+    fs
+}
+
+/// Requests the io_uring queues served so far.
+fn ring_requests(fs: &Pmxfs) -> u64 {
+    fs.status()["requests"]["io_uring"].as_u64().unwrap()
+}
+
 #[test]
-fn basic_operations_and_ownership() {
-    let fs = Pmxfs::start(&[]);
+fn basic_operations_over_io_uring() {
+    let fs = start_on("io-uring");
+    basic_operations_and_ownership(&fs);
+    assert!(
+        ring_requests(&fs) > 50,
+        "the ring queues served the requests"
+    );
+}
+
+#[test]
+fn basic_operations_over_dev_fuse() {
+    let fs = start_on("dev-fuse");
+    basic_operations_and_ownership(&fs);
+    assert_eq!(ring_requests(&fs), 0);
+}
+
+#[test]
+fn errno_table_over_io_uring() {
+    let fs = start_on("io-uring");
+    errno_table(&fs);
+    assert!(ring_requests(&fs) > 50);
+}
+
+#[test]
+fn errno_table_over_dev_fuse() {
+    errno_table(&start_on("dev-fuse"));
+}
+
+fn basic_operations_and_ownership(fs: &Pmxfs) {
     fs::write(fs.p("storage.cfg"), b"dir: local\n").unwrap();
     assert_eq!(fs::read(fs.p("storage.cfg")).unwrap(), b"dir: local\n");
     let m = fs::metadata(fs.p("storage.cfg")).unwrap();
@@ -87,9 +132,7 @@ fn basic_operations_and_ownership() {
     assert_eq!(sv.name_max(), 255);
 }
 
-#[test]
-fn errno_table() {
-    let fs = Pmxfs::start(&[]);
+fn errno_table(fs: &Pmxfs) {
     fs::write(fs.p("user.cfg"), b"x").unwrap();
     let f = fs.p("user.cfg");
     let chmod = |p: &std::path::Path, m| fs::set_permissions(p, fs::Permissions::from_mode(m));

@@ -106,6 +106,7 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "coherence": sh.policy.enabled,
         "open_handles": sh.handles.len(),
         "ops_applied": sh.ops_applied.load(Ordering::Relaxed),
+        "transport": sh.transport.get().map(String::as_str).unwrap_or("starting"),
         "cluster_messages": {
             "sent": sh.cluster_sent.load(Ordering::Relaxed),
             "delivered": sh.cluster_delivered.load(Ordering::Relaxed),
@@ -113,6 +114,7 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "requests": {
             "lookup": sh.lookups.load(Ordering::Relaxed),
             "getattr": sh.getattrs.load(Ordering::Relaxed),
+            "io_uring": sh.ring_requests.load(Ordering::Relaxed),
         },
         "notify": n,
     })

@@ -12,10 +12,12 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::coherence::{Policy, Ttls};
 use crate::control;
+use crate::fs::adapter::{FuserFs, MAX_WRITE};
 use crate::fs::{PmxFs, Shared};
 use crate::memdb::{Limits, MemDb, Op, SqliteStore, SyncMode};
 use crate::notify::Invalidator;
 use crate::status::{Mode, Status};
+use crate::uring::{self, Negotiation, Transport};
 use crate::version_shm::{self, VersionShmWriter};
 
 /// Everything the daemon is started with.
@@ -41,6 +43,8 @@ pub struct DaemonOpts {
     pub sync: SyncMode,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Transport for requests.
+    pub transport: Transport,
     /// Accept injected "remote" operations on the control socket (tests).
     pub debug_remote_ops: bool,
 }
@@ -246,12 +250,49 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     };
     cfg.n_threads = Some(threads);
     cfg.clone_fd = threads > 1;
-    let session = Session::new(PmxFs::new(sh.clone()), &mount, &cfg)
+    // A cluster node's writers wait in their handler for the CPG round trip; a per-CPU
+    // ring queue would hold that CPU's readers behind them, so cluster mode keeps the
+    // /dev/fuse thread pool unless io_uring is asked for.
+    let want_ring = match opts.transport {
+        Transport::Auto => opts.local,
+        Transport::IoUring => true,
+        Transport::DevFuse => false,
+    } && uring::available();
+    let nego = Negotiation::new(want_ring);
+    let fs = Arc::new(PmxFs::new(sh.clone()));
+    let session = Session::new(FuserFs::new(fs.clone(), nego.clone()), &mount, &cfg)
         .with_context(|| format!("cannot mount on {}", mount.display()))?;
     let dev = session.as_fd().try_clone_to_owned()?;
+    let ring_dev = session.as_fd().try_clone_to_owned()?;
     sh.set_invalidator(Invalidator::start(session.notifier(), dev)?);
     let bg = session.spawn()?;
-    tracing::info!(mount = %mount.display(), coherence = opts.coherence, ?mode, "mounted");
+    let transport = match nego.wait(Duration::from_secs(10)) {
+        Some((true, _)) => match uring::start(ring_dev, fs, MAX_WRITE) {
+            Ok(n) => format!("io_uring, {n} queues"),
+            Err(e) => {
+                tracing::error!("io_uring transport failed, falling back to /dev/fuse: {e}");
+                "/dev/fuse".to_string()
+            }
+        },
+        Some((false, offered)) => {
+            if opts.transport == Transport::IoUring && !offered {
+                tracing::warn!(
+                    "the kernel does not offer FUSE over io_uring \
+                     (Linux 6.14+ with /sys/module/fuse/parameters/enable_uring = Y)"
+                );
+            }
+            "/dev/fuse".to_string()
+        }
+        None => "/dev/fuse".to_string(),
+    };
+    let _ = sh.transport.set(transport);
+    tracing::info!(
+        mount = %mount.display(),
+        coherence = opts.coherence,
+        ?mode,
+        transport = sh.transport.get().map(String::as_str),
+        "mounted"
+    );
     if !opts.local {
         sh.set_replicator(Box::new(crate::cluster::runner::start(sh.clone())?));
         let (sh2, name) = (sh.clone(), opts.nodename.clone());

@@ -13,6 +13,7 @@ pub mod locks;
 pub mod memdb;
 pub mod notify;
 pub mod status;
+pub mod uring;
 pub mod version_shm;
 pub mod vfiles;
 

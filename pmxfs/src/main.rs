@@ -58,6 +58,16 @@ enum OnOff {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    /// io_uring in local mode when the kernel offers it, else /dev/fuse.
+    Auto,
+    /// FUSE over io_uring whenever the kernel offers it (also in cluster mode).
+    IoUring,
+    /// fuser's /dev/fuse reader threads only.
+    DevFuse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SyncArg {
     Normal,
     Full,
@@ -101,6 +111,10 @@ struct DaemonArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// How requests reach the daemon: per-CPU io_uring queues (Linux 6.14+ with
+    /// fuse.enable_uring=1) or /dev/fuse reader threads.
+    #[arg(long, value_enum, default_value = "auto")]
+    transport: TransportArg,
     /// Accept operations injected on the control socket as if from another node (tests).
     #[arg(long, hide = true)]
     debug_remote_ops: bool,
@@ -157,6 +171,11 @@ fn run_daemon(a: DaemonArgs) -> Result<()> {
             SyncArg::Full => SyncMode::Full,
         },
         threads: a.threads,
+        transport: match a.transport {
+            TransportArg::Auto => pmxfs::uring::Transport::Auto,
+            TransportArg::IoUring => pmxfs::uring::Transport::IoUring,
+            TransportArg::DevFuse => pmxfs::uring::Transport::DevFuse,
+        },
         debug_remote_ops: a.debug_remote_ops,
     };
     daemon::run(opts)
@@ -204,6 +223,7 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
     println!("version:   {}", v["version"]);
     println!("inodes:    {}", v["inodes"]);
     println!("bytes:     {}", v["bytes"]);
+    println!("transport: {}", v["transport"].as_str().unwrap_or("?"));
     println!(
         "coherence: {}",
         if v["coherence"] == true { "on" } else { "off" }

@@ -1,9 +1,11 @@
 //! The FUSE adapter: translates kernel requests into memdb reads and [`Op`]s, and
 //! pushes the coherence policy's invalidations to the kernel.
 
+pub mod adapter;
 mod attrs;
 mod handles;
-mod ops;
+pub mod ops;
+pub mod reply;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -97,6 +99,10 @@ pub struct Shared {
     pub cluster_sent: AtomicU64,
     /// Cluster messages delivered to this node.
     pub cluster_delivered: AtomicU64,
+    /// The transport carrying requests ("io_uring, N queues" or "/dev/fuse").
+    pub transport: OnceLock<String>,
+    /// Requests served through the io_uring queues.
+    pub ring_requests: AtomicU64,
 }
 
 impl Shared {
@@ -124,6 +130,8 @@ impl Shared {
             getattrs: AtomicU64::new(0),
             cluster_sent: AtomicU64::new(0),
             cluster_delivered: AtomicU64::new(0),
+            transport: OnceLock::new(),
+            ring_requests: AtomicU64::new(0),
         })
     }
 

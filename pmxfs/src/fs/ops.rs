@@ -1,18 +1,15 @@
-//! `fuser::Filesystem` for pmxfs: each handler resolves names, builds an [`Op`] or reads
-//! the tree, and replies. Handlers never send kernel notifications themselves; a lock
-//! `mkdir` hands its reply to the invalidation thread instead (see `notify`).
+//! The filesystem's request handlers, independent of the FUSE transport: each one
+//! resolves names, builds an [`Op`] or reads the tree, and answers through a reply sink
+//! (`reply`). `adapter` plugs them into fuser's `/dev/fuse` loop and `uring` into FUSE
+//! over io_uring. Handlers never send kernel notifications themselves; a lock `mkdir`
+//! hands its reply to the invalidation thread instead (see `notify`).
 
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use fuser::{
-    Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
+use fuser::{FileAttr, FileType, FopenFlags, TimeOrNow};
 use nix::errno::Errno;
 
 use crate::coherence::Ttls;
@@ -20,11 +17,15 @@ use crate::memdb::{paths, store::now_secs, LockEvent, MemDb, Op, ROOT_INODE};
 use crate::vfiles::{self, Virt};
 
 use super::handles::Handle;
+use super::reply::{
+    AttrReply, CreateReply, DataReply, DirReply, EmptyReply, EntryReply, OpenReply, Statfs,
+    StatfsReply, WriteReply,
+};
 use super::{attrs, fuse_ino, memdb_ino, Shared};
 
-/// The filesystem object handed to fuser.
+/// The filesystem: its handlers over the shared state.
 pub struct PmxFs {
-    sh: Arc<Shared>,
+    pub(crate) sh: Arc<Shared>,
 }
 
 impl PmxFs {
@@ -34,16 +35,54 @@ impl PmxFs {
     }
 }
 
-fn fe(e: Errno) -> FErrno {
-    FErrno::from_i32(e as i32)
-}
-
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::EINVAL)
 }
 
 /// Virtual file attributes are never cached: their content changes on its own.
 const VIRT_FILE_TTL: Duration = Duration::ZERO;
+
+/// What pmxcfs answers for the operations it does not support; both transports use it.
+pub mod refused {
+    use nix::errno::Errno;
+    /// Device nodes.
+    pub const MKNOD: Errno = Errno::ENOSYS;
+    /// Symbolic links (only the virtual node links exist).
+    pub const SYMLINK: Errno = Errno::ENOSYS;
+    /// Hard links.
+    pub const LINK: Errno = Errno::EPERM;
+    /// Extended attributes.
+    pub const XATTR: Errno = Errno::ENOTSUP;
+    /// ioctl: programs probe files with TCGETS; answer like any regular file would.
+    pub const IOCTL: Errno = Errno::ENOTTY;
+}
+
+/// The attribute changes a SETATTR asks for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    /// chmod.
+    pub mode: Option<u32>,
+    /// chown user.
+    pub uid: Option<u32>,
+    /// chown group.
+    pub gid: Option<u32>,
+    /// truncate.
+    pub size: Option<u64>,
+    /// utimens (mtime).
+    pub mtime: Option<TimeOrNow>,
+    /// The open handle the change came through, if any.
+    pub fh: Option<u64>,
+}
+
+fn secs_of(t: TimeOrNow) -> u32 {
+    match t {
+        TimeOrNow::Now => now_secs(),
+        TimeOrNow::SpecificTime(t) => t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
+            .unwrap_or(0),
+    }
+}
 
 impl PmxFs {
     fn virt_attr(&self, fuse: u64, v: Virt) -> FileAttr {
@@ -81,21 +120,20 @@ impl PmxFs {
     }
 
     /// Reply with the entry for memdb inode `ino` and count the kernel's reference.
-    fn reply_entry(&self, db: &MemDb, ino: u64, reply: ReplyEntry) {
+    fn reply_entry(&self, db: &MemDb, ino: u64, reply: impl EntryReply) {
         let Some(e) = db.get(ino) else {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let (attr, t) = self.sh.attr_reply(db, e);
         self.sh.remember(attr.ino.0);
-        reply.entry_with_ttls(&t.attr, &t.entry, &attr, Generation(0));
+        reply.entry(&attr, t);
     }
 
     fn is_virtual_name(&self, parent: u64, name: &OsStr) -> bool {
         parent == fuse_ino(ROOT_INODE) && name.to_str().and_then(vfiles::by_name).is_some()
     }
 
-    /// Commit a handle's buffer; the kernel is told its cached attributes are stale
-    /// because the commit set a new mtime behind its back.
+    /// Commit a handle's buffer.
     fn commit(&self, fh: u64) -> Result<(), Errno> {
         let Some(h) = self.sh.handles.get(fh) else {
             return Ok(());
@@ -156,77 +194,10 @@ impl PmxFs {
         }))
     }
 
-    fn do_mkdir(&self, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        if self.is_virtual_name(parent, name) {
-            return reply.error(FErrno::EEXIST);
-        }
-        let path = match self.child_path(&self.sh.db.read(), parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(fe(e)),
-        };
-        let applied = match self.sh.apply_local(&Op::Mkdir { path: path.clone() }) {
-            Ok(a) => a,
-            Err(e) => return reply.error(fe(e)),
-        };
-        let db = self.sh.db.read();
-        let Ok(e) = db.resolve(&path) else {
-            return reply.error(FErrno::ENOENT);
-        };
-        let (attr, t) = self.sh.attr_reply(&db, e);
-        drop(db);
-        self.sh.remember(attr.ino.0);
-        match (&applied.lock, self.sh.invalidator()) {
-            (Some(LockEvent::Acquired(lock)), Some(inv)) => {
-                // The barrier: the lock is not reported held until the kernel has
-                // dropped what it cached about the paths the lock protects.
-                for f in self.sh.protected_known(lock) {
-                    inv.inode(f);
-                }
-                inv.epoch();
-                inv.then(move || reply.entry_with_ttls(&t.attr, &t.entry, &attr, Generation(0)));
-            }
-            _ => reply.entry_with_ttls(&t.attr, &t.entry, &attr, Generation(0)),
-        }
-    }
-
-    fn do_delete(&self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        if self.is_virtual_name(parent, name) {
-            return reply.error(FErrno::EACCES);
-        }
-        let path = match self.child_path(&self.sh.db.read(), parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(fe(e)),
-        };
-        match self.sh.apply_local(&Op::Delete { path }) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
-    }
-}
-
-fn secs_of(t: TimeOrNow) -> u32 {
-    match t {
-        TimeOrNow::Now => now_secs(),
-        TimeOrNow::SpecificTime(t) => t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
-            .unwrap_or(0),
-    }
-}
-
-impl Filesystem for PmxFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // O_TRUNC then arrives with OPEN instead of as a separate path truncate, so the
-        // truncation joins the handle's single commit.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
-            tracing::warn!(?missing, "kernel lacks FUSE_ATOMIC_O_TRUNC");
-        }
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    /// LOOKUP `name` in FUSE directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
         self.sh.lookups.fetch_add(1, Ordering::Relaxed);
-        if parent.0 == fuse_ino(ROOT_INODE) {
+        if parent == fuse_ino(ROOT_INODE) {
             if let Some((ino, v)) = name.to_str().and_then(vfiles::by_name) {
                 let attr = self.virt_attr(ino, v);
                 let ttl = match v {
@@ -236,102 +207,88 @@ impl Filesystem for PmxFs {
                         attr: VIRT_FILE_TTL,
                     },
                 };
-                return reply.entry_with_ttls(&ttl.attr, &ttl.entry, &attr, Generation(0));
+                return reply.entry(&attr, ttl);
             }
         }
         let db = self.sh.db.read();
-        let Some(pino) = memdb_ino(parent.0) else {
-            return reply.error(FErrno::ENOTDIR);
+        let Some(pino) = memdb_ino(parent) else {
+            return reply.error(Errno::ENOTDIR);
         };
         let Some(name) = name.to_str() else {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let Some(e) = db.lookup(pino, name) else {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         // An expired lock is gone as far as the kernel is concerned, so the next
         // mkdir reaches us and takes it over.
         if db.is_expired_lock(e.row.inode, now_secs()) {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         }
         let ino = e.row.inode;
         self.reply_entry(&db, ino, reply);
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.sh.forget(ino.0, nlookup);
+    /// FORGET: the kernel dropped `nlookup` references to `ino`.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.sh.forget(ino, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    /// GETATTR.
+    pub fn getattr(&self, ino: u64, reply: impl AttrReply) {
         self.sh.getattrs.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, v)) = vfiles::by_ino(ino.0) {
+        if let Some((_, v)) = vfiles::by_ino(ino) {
             let ttl = if matches!(v, Virt::Link(_)) {
                 self.sh.policy.default.attr
             } else {
                 VIRT_FILE_TTL
             };
-            return reply.attr(&ttl, &self.virt_attr(ino.0, v));
+            return reply.attr(ttl, &self.virt_attr(ino, v));
         }
         let db = self.sh.db.read();
-        let Some(m) = memdb_ino(ino.0).and_then(|m| self.sh.live_ino(&db, m)) else {
-            return reply.error(FErrno::ENOENT);
+        let Some(m) = memdb_ino(ino).and_then(|m| self.sh.live_ino(&db, m)) else {
+            return reply.error(Errno::ENOENT);
         };
         let Some(e) = db.get(m) else {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let (mut attr, t) = self.sh.attr_reply(&db, e);
-        attr.ino = ino;
-        reply.attr(&t.attr, &attr);
+        attr.ino = fuser::INodeNo(ino);
+        reply.attr(t.attr, &attr);
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        if memdb_ino(ino.0).is_none() {
-            return reply.error(FErrno::EACCES);
+    /// SETATTR: chmod/chown only as no-ops, truncate, and mtime.
+    pub fn setattr(&self, ino: u64, req: SetAttr, reply: impl AttrReply) {
+        if memdb_ino(ino).is_none() {
+            return reply.error(Errno::EACCES);
         }
         let (m, path) = {
             let db = self.sh.db.read();
-            match memdb_ino(ino.0)
+            match memdb_ino(ino)
                 .and_then(|m| self.sh.live_ino(&db, m))
                 .and_then(|m| Some((m, db.path_of(m)?)))
             {
                 Some(x) => x,
-                None => return reply.error(FErrno::ENOENT),
+                None => return reply.error(Errno::ENOENT),
             }
         };
         // chmod/chown succeed only as no-ops with the values pmxcfs reports anyway.
-        if let Some(mode) = mode {
+        if let Some(mode) = req.mode {
             let want = if paths::is_private(&path) {
                 0o600
             } else {
                 0o640
             };
             if mode & 0o7777 != want {
-                return reply.error(FErrno::EPERM);
+                return reply.error(Errno::EPERM);
             }
         }
-        if uid.is_some_and(|u| u != 0) || gid.is_some_and(|g| g != self.sh.gid) {
-            return reply.error(FErrno::EPERM);
+        if req.uid.is_some_and(|u| u != 0) || req.gid.is_some_and(|g| g != self.sh.gid) {
+            return reply.error(Errno::EPERM);
         }
-        if let Some(size) = size {
+        if let Some(size) = req.size {
             let max = self.sh.db.read().limits().max_file_size;
-            let handle = fh.and_then(|fh| self.sh.handles.get(fh.0));
+            let handle = req.fh.and_then(|fh| self.sh.handles.get(fh));
             let writable = handle.as_ref().is_some_and(|h| h.lock().writable);
             let res = match handle {
                 Some(h) if writable => {
@@ -352,132 +309,129 @@ impl Filesystem for PmxFs {
                     .map(|_| ()),
             };
             if let Err(e) = res {
-                return reply.error(fe(e));
+                return reply.error(e);
             }
         }
-        if let Some(t) = mtime {
+        if let Some(t) = req.mtime {
             let op = Op::Mtime {
                 path: path.clone(),
                 mtime: secs_of(t),
             };
             if let Err(e) = self.sh.apply_local(&op) {
-                return reply.error(fe(e));
+                return reply.error(e);
             }
         }
         let db = self.sh.db.read();
         match db.get(m) {
             Some(e) => {
                 let (mut attr, t) = self.sh.attr_reply(&db, e);
-                attr.ino = ino;
-                reply.attr(&t.attr, &attr);
+                attr.ino = fuser::INodeNo(ino);
+                reply.attr(t.attr, &attr);
             }
-            None => reply.error(FErrno::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match vfiles::by_ino(ino.0) {
+    /// READLINK of the virtual node symlinks.
+    pub fn readlink(&self, ino: u64, reply: impl DataReply) {
+        match vfiles::by_ino(ino) {
             Some((_, v @ Virt::Link(_))) => {
                 let db = self.sh.db.read();
                 reply.data(vfiles::content(v, &self.sh.status, &db).as_bytes());
             }
-            _ => reply.error(FErrno::EINVAL),
+            _ => reply.error(Errno::EINVAL),
         }
     }
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(FErrno::ENOSYS);
+    /// MKDIR; acquiring a lock replies only after the kernel's caches of the paths the
+    /// lock protects are invalidated, from the invalidation thread.
+    pub fn mkdir<R: EntryReply + Send + 'static>(&self, parent: u64, name: &OsStr, reply: R) {
+        if self.is_virtual_name(parent, name) {
+            return reply.error(Errno::EEXIST);
+        }
+        let path = match self.child_path(&self.sh.db.read(), parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let applied = match self.sh.apply_local(&Op::Mkdir { path: path.clone() }) {
+            Ok(a) => a,
+            Err(e) => return reply.error(e),
+        };
+        let db = self.sh.db.read();
+        let Ok(e) = db.resolve(&path) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (attr, t) = self.sh.attr_reply(&db, e);
+        drop(db);
+        self.sh.remember(attr.ino.0);
+        match (&applied.lock, self.sh.invalidator()) {
+            (Some(LockEvent::Acquired(lock)), Some(inv)) => {
+                // The barrier: the lock is not reported held until the kernel has
+                // dropped what it cached about the paths the lock protects.
+                for f in self.sh.protected_known(lock) {
+                    inv.inode(f);
+                }
+                inv.epoch();
+                inv.then(move || reply.entry(&attr, t));
+            }
+            _ => reply.entry(&attr, t),
+        }
     }
 
-    fn mkdir(
+    /// UNLINK and RMDIR.
+    pub fn delete(&self, parent: u64, name: &OsStr, reply: impl EmptyReply) {
+        if self.is_virtual_name(parent, name) {
+            return reply.error(Errno::EACCES);
+        }
+        let path = match self.child_path(&self.sh.db.read(), parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.sh.apply_local(&Op::Delete { path }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// RENAME (RENAME2 flags are refused).
+    pub fn rename(
         &self,
-        _req: &Request,
-        parent: INodeNo,
+        parent: u64,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        self.do_mkdir(parent.0, name, reply);
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.do_delete(parent.0, name, reply);
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.do_delete(parent.0, name, reply);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(FErrno::ENOSYS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
+        newparent: u64,
         newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
+        flags: u32,
+        reply: impl EmptyReply,
     ) {
         // Virtual entries belong to another "plug" in pmxcfs terms: EACCES.
-        if self.is_virtual_name(parent.0, name) || self.is_virtual_name(newparent.0, newname) {
-            return reply.error(FErrno::EACCES);
+        if self.is_virtual_name(parent, name) || self.is_virtual_name(newparent, newname) {
+            return reply.error(Errno::EACCES);
         }
-        if flags.bits() != 0 {
-            return reply.error(FErrno::EINVAL);
+        if flags != 0 {
+            return reply.error(Errno::EINVAL);
         }
         let (from, to) = {
             let db = self.sh.db.read();
             match (
-                self.child_path(&db, parent.0, name),
-                self.child_path(&db, newparent.0, newname),
+                self.child_path(&db, parent, name),
+                self.child_path(&db, newparent, newname),
             ) {
                 (Ok(f), Ok(t)) => (f, t),
-                (Err(e), _) | (_, Err(e)) => return reply.error(fe(e)),
+                (Err(e), _) | (_, Err(e)) => return reply.error(e),
             }
         };
         match self.sh.apply_local(&Op::Rename { from, to }) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
+            Err(e) => reply.error(e),
         }
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(FErrno::EPERM);
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.open_handle(ino.0, writable) {
+    /// OPEN with the kernel's open(2) flags.
+    pub fn open(&self, ino: u64, flags: i32, reply: impl OpenReply) {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.open_handle(ino, writable) {
             Ok(fh) => {
-                if writable && flags.0 & libc::O_TRUNC != 0 {
+                if writable && flags & libc::O_TRUNC != 0 {
                     if let Some(h) = self.sh.handles.get(fh) {
                         let mut h = h.lock();
                         if let Some(i) = h.ino {
@@ -494,25 +448,16 @@ impl Filesystem for PmxFs {
                 } else {
                     FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
                 };
-                reply.opened(FileHandle(fh), fl)
+                reply.opened(fh, fl)
             }
-            Err(e) => reply.error(fe(e)),
+            Err(e) => reply.error(e),
         }
     }
 
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let Some(h) = self.sh.handles.get(fh.0) else {
-            return reply.error(FErrno::EBADF);
+    /// READ from a handle's snapshot (or its uncommitted buffer).
+    pub fn read(&self, fh: u64, offset: u64, size: u32, reply: impl DataReply) {
+        let Some(h) = self.sh.handles.get(fh) else {
+            return reply.error(Errno::EBADF);
         };
         let h = h.lock();
         let c = h.content();
@@ -521,27 +466,17 @@ impl Filesystem for PmxFs {
         reply.data(&c[start..end]);
     }
 
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let Some(h) = self.sh.handles.get(fh.0) else {
-            return reply.error(FErrno::EBADF);
+    /// WRITE into a handle's buffer; committed at flush, fsync or release.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], reply: impl WriteReply) {
+        let Some(h) = self.sh.handles.get(fh) else {
+            return reply.error(Errno::EBADF);
         };
         if !self.sh.status.quorate() {
-            return reply.error(FErrno::EACCES);
+            return reply.error(Errno::EACCES);
         }
         let mut h = h.lock();
         let Some(ino) = h.ino.filter(|_| h.writable) else {
-            return reply.error(FErrno::EBADF);
+            return reply.error(Errno::EBADF);
         };
         let (max, room) = {
             let db = self.sh.db.read();
@@ -556,7 +491,7 @@ impl Filesystem for PmxFs {
         // close(), so ENOSPC reported only there would be lost.
         let new_len = (h.content().len() as u64).max(offset + data.len() as u64);
         if new_len > room && new_len <= max {
-            return reply.error(FErrno::ENOSPC);
+            return reply.error(Errno::ENOSPC);
         }
         match self
             .sh
@@ -564,36 +499,22 @@ impl Filesystem for PmxFs {
             .modify(ino, &mut h, |h| h.write(offset, data, max))
         {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(fe(e)),
+            Err(e) => reply.error(e),
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        match self.commit(fh.0) {
+    /// FLUSH and FSYNC: commit the handle's buffer.
+    pub fn flush(&self, fh: u64, reply: impl EmptyReply) {
+        match self.commit(fh) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
+            Err(e) => reply.error(e),
         }
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        let res = self.commit(fh.0);
-        if let Some(h) = self.sh.handles.remove(fh.0) {
+    /// RELEASE: commit what is left and drop the handle.
+    pub fn release(&self, fh: u64, reply: impl EmptyReply) {
+        let res = self.commit(fh);
+        if let Some(h) = self.sh.handles.remove(fh) {
             let h = h.lock();
             if let (Err(e), Some(ino)) = (&res, h.ino) {
                 tracing::warn!(ino, "discarding unwritten data of a closed file: {e}");
@@ -604,57 +525,29 @@ impl Filesystem for PmxFs {
         }
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
+            Err(e) => reply.error(e),
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _d: bool, reply: ReplyEmpty) {
-        match self.commit(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
-    }
-
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        // Programs probe files with TCGETS; answer like any regular file would.
-        reply.error(FErrno::ENOTTY);
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    /// READDIR from entry number `offset` on.
+    pub fn readdir(&self, ino: u64, offset: u64, mut reply: impl DirReply) {
         let db = self.sh.db.read();
-        let Some(m) = memdb_ino(ino.0) else {
-            return reply.error(FErrno::ENOTDIR);
+        let Some(m) = memdb_ino(ino) else {
+            return reply.error(Errno::ENOTDIR);
         };
         let Some(e) = db.get(m) else {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         if !e.is_dir() {
-            return reply.error(FErrno::ENOTDIR);
+            return reply.error(Errno::ENOTDIR);
         }
         let parent = if m == ROOT_INODE {
-            ino.0
+            ino
         } else {
             fuse_ino(e.row.parent)
         };
         let mut list: Vec<(u64, FileType, &str)> = vec![
-            (ino.0, FileType::Directory, "."),
+            (ino, FileType::Directory, "."),
             (parent, FileType::Directory, ".."),
         ];
         if m == ROOT_INODE {
@@ -678,87 +571,45 @@ impl Filesystem for PmxFs {
             list.push((fuse_ino(*child), kind, name));
         }
         for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+            if reply.add(*ino, (i + 1) as u64, *kind, name) {
                 break;
             }
         }
-        reply.ok();
+        reply.done();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    /// STATFS: the limits as blocks and inodes.
+    pub fn statfs(&self, reply: impl StatfsReply) {
         let db = self.sh.db.read();
         let l = db.limits();
         let blocks = l.max_fs_size.div_ceil(4096);
         let used = db.bytes().div_ceil(4096);
         let files = l.max_inodes as u64;
-        let ffree = files.saturating_sub(db.entry_count() as u64);
-        reply.statfs(
+        reply.statfs(Statfs {
             blocks,
-            blocks.saturating_sub(used),
-            blocks.saturating_sub(used),
+            bfree: blocks.saturating_sub(used),
             files,
-            ffree,
-            4096,
-            paths::NAME_MAX as u32,
-            4096,
-        );
+            ffree: files.saturating_sub(db.entry_count() as u64),
+            bsize: 4096,
+            namelen: paths::NAME_MAX as u32,
+        });
     }
 
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(FErrno::ENOTSUP);
-    }
-
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(FErrno::ENOTSUP);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(FErrno::ENOTSUP);
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(FErrno::ENOTSUP);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        if self.is_virtual_name(parent.0, name) {
-            return reply.error(FErrno::EEXIST);
+    /// CREATE: a new empty file and a writable handle on it.
+    pub fn create(&self, parent: u64, name: &OsStr, reply: impl CreateReply) {
+        if self.is_virtual_name(parent, name) {
+            return reply.error(Errno::EEXIST);
         }
-        let path = match self.child_path(&self.sh.db.read(), parent.0, name) {
+        let path = match self.child_path(&self.sh.db.read(), parent, name) {
             Ok(p) => p,
-            Err(e) => return reply.error(fe(e)),
+            Err(e) => return reply.error(e),
         };
         if let Err(e) = self.sh.apply_local(&Op::Create { path: path.clone() }) {
-            return reply.error(fe(e));
+            return reply.error(e);
         }
         let db = self.sh.db.read();
         let Ok(e) = db.resolve(&path) else {
-            return reply.error(FErrno::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let (attr, t) = self.sh.attr_reply(&db, e);
         let fh = self.sh.handles.insert(Handle {
@@ -769,12 +620,6 @@ impl Filesystem for PmxFs {
         });
         drop(db);
         self.sh.remember(attr.ino.0);
-        reply.created(
-            &t.entry.min(t.attr),
-            &attr,
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::FOPEN_DIRECT_IO,
-        );
+        reply.created(t.entry.min(t.attr), &attr, fh, FopenFlags::FOPEN_DIRECT_IO);
     }
 }
