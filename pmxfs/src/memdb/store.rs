@@ -383,16 +383,14 @@ fn read_meta(conn: &Connection, tables: &[String], key: &str) -> rusqlite::Resul
     }
 }
 
-fn write_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
+/// Write `row`; `fresh` when its inode was allocated by this transaction (pmxcfs gives
+/// a new entry the transaction's version as its inode), so no row can exist yet.
+fn write_row(conn: &Connection, row: &Row, fresh: bool) -> rusqlite::Result<()> {
     let data: Option<&[u8]> = match row.kind {
         Kind::File if !row.data.is_empty() => Some(&row.data[..]),
         _ => None,
     };
-    conn.prepare_cached(
-        "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
+    let values = params![
         row.inode as i64,
         row.parent as i64,
         row.version as i64,
@@ -401,7 +399,31 @@ fn write_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
         row.kind.dtype() as i64,
         row.name,
         data
-    ])?;
+    ];
+    // UPDATE rather than REPLACE for a row that exists: when the record keeps its size
+    // (a rename to a name of the same length, an mtime or version bump) SQLite then
+    // rewrites only the pages whose bytes changed, not the blob's overflow pages.
+    if fresh {
+        conn.prepare_cached(
+            "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(values)?;
+        return Ok(());
+    }
+    let updated = conn
+        .prepare_cached(
+            "UPDATE tree SET parent = ?2, version = ?3, writer = ?4, mtime = ?5, type = ?6, \
+             name = ?7, data = ?8 WHERE inode = ?1",
+        )?
+        .execute(values)?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(values)?;
+    }
     Ok(())
 }
 
@@ -415,7 +437,7 @@ impl Store for SqliteStore {
                     .execute([*ino as i64])?;
             }
             for row in &txn.upserts {
-                write_row(&tx, row)?;
+                write_row(&tx, row, row.inode >= txn.root.version)?;
             }
             write_root(&tx, txn.root)?;
             tx.commit()?;
@@ -434,7 +456,7 @@ impl Store for SqliteStore {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM tree", [])?;
             for row in rows {
-                write_row(&tx, row)?;
+                write_row(&tx, row, true)?;
             }
             write_root(&tx, root)?;
             write_meta(&tx, "term", term)?;
