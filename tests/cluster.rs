@@ -241,6 +241,14 @@ fn stale_stat_probe(c: &Cluster, rounds: usize) -> usize {
 fn three_node_cluster() {
     let c = Cluster::up(3, "");
     replication(&c);
+    // Cluster nodes serve requests on io_uring queues too, their writers on the
+    // offload pool (setup.sh enables fuse.enable_uring).
+    for k in 1..=3 {
+        let s = c.status(k);
+        let t = s["transport"].as_str().unwrap_or("");
+        assert!(t.starts_with("io_uring"), "node {k} transport {t}");
+        assert!(s["requests"]["io_uring"].as_u64().unwrap() > 0, "node {k}");
+    }
     convergence(&c);
     lock_race(&c);
     let stale = stale_stat_probe(&c, 20);

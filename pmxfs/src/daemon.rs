@@ -250,14 +250,7 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     };
     cfg.n_threads = Some(threads);
     cfg.clone_fd = threads > 1;
-    // A cluster node's writers wait in their handler for the CPG round trip; a per-CPU
-    // ring queue would hold that CPU's readers behind them, so cluster mode keeps the
-    // /dev/fuse thread pool unless io_uring is asked for.
-    let want_ring = match opts.transport {
-        Transport::Auto => opts.local,
-        Transport::IoUring => true,
-        Transport::DevFuse => false,
-    } && uring::available();
+    let want_ring = opts.transport != Transport::DevFuse && uring::available();
     let nego = Negotiation::new(want_ring);
     let fs = Arc::new(PmxFs::new(sh.clone()));
     let session = Session::new(FuserFs::new(fs.clone(), nego.clone()), &mount, &cfg)
@@ -267,13 +260,17 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     sh.set_invalidator(Invalidator::start(session.notifier(), dev)?);
     let bg = session.spawn()?;
     let transport = match nego.wait(Duration::from_secs(10)) {
-        Some((true, _)) => match uring::start(ring_dev, fs, MAX_WRITE) {
-            Ok(n) => format!("io_uring, {n} queues"),
-            Err(e) => {
-                tracing::error!("io_uring transport failed, falling back to /dev/fuse: {e}");
-                "/dev/fuse".to_string()
+        // A cluster node's writers wait in their handler for the CPG round trip: they
+        // run on a worker pool so that a queue keeps serving its CPU's readers.
+        Some((true, _)) => {
+            match uring::start(ring_dev, fs, MAX_WRITE, (!opts.local).then_some(threads)) {
+                Ok(n) => format!("io_uring, {n} queues"),
+                Err(e) => {
+                    tracing::error!("io_uring transport failed, falling back to /dev/fuse: {e}");
+                    "/dev/fuse".to_string()
+                }
             }
-        },
+        }
         Some((false, offered)) => {
             if opts.transport == Transport::IoUring && !offered {
                 tracing::warn!(

@@ -59,9 +59,9 @@ enum OnOff {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum TransportArg {
-    /// io_uring in local mode when the kernel offers it, else /dev/fuse.
+    /// io_uring when the kernel offers it, else /dev/fuse.
     Auto,
-    /// FUSE over io_uring whenever the kernel offers it (also in cluster mode).
+    /// As auto, but warn when the kernel does not offer io_uring.
     IoUring,
     /// fuser's /dev/fuse reader threads only.
     DevFuse,

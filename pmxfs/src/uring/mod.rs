@@ -10,6 +10,7 @@
 
 pub mod abi;
 mod dispatch;
+mod offload;
 mod outbox;
 mod queue;
 
@@ -28,7 +29,7 @@ use crate::fs::ops::PmxFs;
 pub enum Transport {
     /// io_uring when the kernel offers it, else `/dev/fuse`.
     Auto,
-    /// io_uring; without kernel support, a warning and `/dev/fuse`.
+    /// As `Auto`, with a warning when the kernel does not offer io_uring.
     IoUring,
     /// fuser's `/dev/fuse` reader threads only.
     DevFuse,
@@ -101,20 +102,30 @@ fn parse_cpu_list(s: &str) -> Option<usize> {
     max.map(|m| m + 1)
 }
 
-/// Start one queue thread per possible CPU on the FUSE device `dev`. Returns the
+/// Start one queue thread per possible CPU on the FUSE device `dev`; with `workers`,
+/// requests that wait for the cluster run on that many pool threads. Returns the
 /// number of queues once each has submitted its registration.
-pub fn start(dev: OwnedFd, fs: Arc<PmxFs>, max_write: u32) -> std::io::Result<usize> {
+pub fn start(
+    dev: OwnedFd,
+    fs: Arc<PmxFs>,
+    max_write: u32,
+    workers: Option<usize>,
+) -> std::io::Result<usize> {
+    let pool = match workers {
+        Some(n) => Some(offload::Pool::start(n, fs.clone())?),
+        None => None,
+    };
     let dev = Arc::new(dev);
     let payload = (max_write as usize).max(abi::MIN_READ_BUFFER);
     let n = queue_count();
     let (tx, rx) = channel();
     for qid in 0..n {
-        let (dev, fs, tx) = (dev.clone(), fs.clone(), tx.clone());
+        let (dev, fs, tx, pool) = (dev.clone(), fs.clone(), tx.clone(), pool.clone());
         std::thread::Builder::new()
             .name(format!("pmxfs-uring-{qid}"))
             .spawn(move || {
                 let fd = dev.as_raw_fd();
-                if let Err(e) = queue::run(qid as u16, fd, payload, fs, tx.clone()) {
+                if let Err(e) = queue::run(qid as u16, fd, payload, fs, pool, tx.clone()) {
                     tracing::error!(qid, "io_uring queue stopped: {e}");
                     let _ = tx.send(Err(e.to_string()));
                 }

@@ -16,12 +16,16 @@ use crate::fs::ops::PmxFs;
 
 use super::abi::{self, InHeader};
 use super::dispatch::dispatch;
+use super::offload::{waits, Pool};
 use super::outbox::{Done, Outbox, RingReply};
 
 /// Ring entries per queue. One is enough for a thread that answers in order; the
 /// second lets the kernel hand over the next request while a lock `mkdir` waits for
 /// its invalidations to be sent.
 pub const DEPTH: usize = 2;
+/// Ring entries per queue when waiting requests go to the worker pool: each one in
+/// flight there holds an entry, and the queue must still have one for reads.
+pub const DEPTH_OFFLOAD: usize = 8;
 const WAKE: u64 = u64::MAX;
 
 /// A ring entry's buffers; the kernel keeps their addresses from REGISTER on.
@@ -107,13 +111,15 @@ pub fn run(
     dev: RawFd,
     payload_len: usize,
     fs: Arc<PmxFs>,
+    pool: Option<Arc<Pool>>,
     started: Sender<Started>,
 ) -> std::io::Result<()> {
     pin_to(qid as usize);
+    let depth = if pool.is_some() { DEPTH_OFFLOAD } else { DEPTH };
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
-        IoUring::builder().build((DEPTH * 2 + 2) as u32)?;
+        IoUring::builder().build((depth * 2 + 2) as u32)?;
     let outbox = Arc::new(Outbox::new()?);
-    let mut slots: Vec<Slot> = (0..DEPTH).map(|_| Slot::new(payload_len)).collect();
+    let mut slots: Vec<Slot> = (0..depth).map(|_| Slot::new(payload_len)).collect();
     let mut wake_buf = Box::new([0u8; 8]);
     let wake_sqe = |buf: &mut [u8; 8]| {
         squeue::Entry128::from(
@@ -127,17 +133,17 @@ pub fn run(
         let sqe = register_sqe(dev, qid, i, slot.iov.as_ptr());
         // SAFETY: the iovecs and the buffers they point to live in `slots` for as long
         // as the ring does.
-        unsafe { ring.submission().push(&sqe) }.expect("ring has room for DEPTH entries");
+        unsafe { ring.submission().push(&sqe) }.expect("ring has room for every entry");
     }
     // SAFETY: wake_buf outlives the ring (dropped after it, below).
     unsafe { ring.submission().push(&wake_sqe(&mut wake_buf)) }.expect("room");
     ring.submit()?;
     let _ = started.send(Ok(()));
 
-    let mut live = DEPTH;
+    let mut live = depth;
     let mut retries = 0;
-    let mut ready: Vec<(usize, i32)> = Vec::with_capacity(DEPTH + 1);
-    let mut done: Vec<Done> = Vec::with_capacity(DEPTH);
+    let mut ready: Vec<(usize, i32)> = Vec::with_capacity(depth + 1);
+    let mut done: Vec<Done> = Vec::with_capacity(depth);
     while live > 0 {
         ring.submit_and_wait(1)?;
         ready.extend(
@@ -184,7 +190,10 @@ pub fn run(
             let payload = &s.payload[..n.min(s.payload.len())];
             fs.sh.ring_requests.fetch_add(1, Ordering::Relaxed);
             let reply = RingReply::new(outbox.clone(), slot, h.unique);
-            dispatch(&fs, h, &arg, payload, reply);
+            match &pool {
+                Some(pool) if waits(h.opcode) => pool.run(h, arg, payload, reply),
+                _ => dispatch(&fs, h, &arg, payload, reply),
+            }
         }
         outbox.drain(&mut done);
         for d in done.drain(..) {
@@ -196,7 +205,7 @@ pub fn run(
             hdr[abi::PAYLOAD_SZ..abi::PAYLOAD_SZ + 4].copy_from_slice(&(n as u32).to_le_bytes());
             let sqe = commit_sqe(dev, qid, d.slot, d.unique);
             // SAFETY: the entry's buffers stay in `slots`.
-            unsafe { ring.submission().push(&sqe) }.expect("room for DEPTH commits");
+            unsafe { ring.submission().push(&sqe) }.expect("room for every commit");
         }
     }
     drop(ring);
