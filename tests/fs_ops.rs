@@ -63,6 +63,40 @@ fn errno_table_over_dev_fuse() {
     errno_table(&start_on("dev-fuse"));
 }
 
+/// Once INIT agreed to io_uring the kernel holds every request until all queues are
+/// registered: a queue that cannot start must hand the mount back to /dev/fuse, not
+/// hang it.
+#[test]
+fn a_queue_that_cannot_start_falls_back_to_dev_fuse() {
+    let fs = Pmxfs::start_with_env(&["--transport", "io-uring"], &[("PMXFS_FAIL_QUEUE", "1")]);
+    assert_eq!(fs.status()["transport"], "/dev/fuse", "{}", fs.log());
+    assert!(
+        fs.log().contains("falling back to /dev/fuse"),
+        "{}",
+        fs.log()
+    );
+    // A held mount would block these calls forever: run them on a thread and give up
+    // after a while (dropping `fs` then aborts the connection).
+    let (p, lock) = (fs.p("storage.cfg"), fs.p("priv/lock/fallback"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        fs::write(&p, b"dir: local\n").unwrap();
+        let back = fs::read(&p).unwrap();
+        fs::create_dir(&lock).unwrap();
+        fs::remove_dir(&lock).unwrap();
+        let _ = tx.send(back);
+    });
+    let back = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the mount hangs: requests are held for a ring that never became ready");
+    assert_eq!(back, b"dir: local\n");
+    assert_eq!(
+        ring_requests(&fs),
+        0,
+        "nothing went through the half-registered ring"
+    );
+}
+
 fn basic_operations_and_ownership(fs: &Pmxfs) {
     fs::write(fs.p("storage.cfg"), b"dir: local\n").unwrap();
     assert_eq!(fs::read(fs.p("storage.cfg")).unwrap(), b"dir: local\n");

@@ -41,11 +41,17 @@ pub struct Pmxfs {
     pub run: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Pmxfs {
     /// Start with extra arguments (always `--local --debug-remote-ops`).
     pub fn start(extra: &[&str]) -> Pmxfs {
+        Pmxfs::start_with_env(extra, &[])
+    }
+
+    /// Start with extra arguments and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Pmxfs {
         let dir = tempfile::Builder::new()
             .prefix("pmxfs-test-")
             .tempdir()
@@ -60,6 +66,10 @@ impl Pmxfs {
             run,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         p.spawn_and_wait();
         p
@@ -83,7 +93,8 @@ impl Pmxfs {
             .arg(db)
             .args(&self.args)
             .env("PMXFS_RUN_DIR", &self.run)
-            .env("PMXFS_LOG", "warn");
+            .env("PMXFS_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -118,8 +118,18 @@ pub fn start(
     let dev = Arc::new(dev);
     let payload = (max_write as usize).max(abi::MIN_READ_BUFFER);
     let n = queue_count();
+    // Fault injection for the tests: this queue fails before it registers.
+    let fail = std::env::var("PMXFS_FAIL_QUEUE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let (tx, rx) = channel();
     for qid in 0..n {
+        if fail == Some(qid) {
+            let _ = tx.send(Err(format!(
+                "queue {qid}: failure injected by PMXFS_FAIL_QUEUE"
+            )));
+            continue;
+        }
         let (dev, fs, tx, pool) = (dev.clone(), fs.clone(), tx.clone(), pool.clone());
         std::thread::Builder::new()
             .name(format!("pmxfs-uring-{qid}"))
