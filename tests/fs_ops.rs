@@ -157,6 +157,20 @@ fn basic_operations_and_ownership(fs: &Pmxfs) {
             "{want} missing in {names:?}"
         );
     }
+    // a directory larger than one READDIR buffer is listed whole, each name once
+    fs::create_dir(fs.p("many")).unwrap();
+    let want: Vec<String> = (0..600)
+        .map(|i| format!("vm-{i:04}-config-file.conf"))
+        .collect();
+    for n in &want {
+        fs::write(fs.p(&format!("many/{n}")), b"").unwrap();
+    }
+    let mut got: Vec<String> = fs::read_dir(fs.p("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
     // statfs reports pmxcfs's geometry
     let sv = nix::sys::statvfs::statvfs(&fs.mnt).unwrap();
     assert_eq!(
