@@ -93,13 +93,16 @@ fn queue_count() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Number of CPUs in a list such as `0-3,8-11`: the kernel's `num_possible_cpus()`,
+/// which is how many queues it creates (queue ids are CPU ids below that count).
 fn parse_cpu_list(s: &str) -> Option<usize> {
-    let mut max = None;
+    let mut n = 0;
     for part in s.split(',') {
-        let last = part.rsplit('-').next()?.parse::<usize>().ok()?;
-        max = Some(max.map_or(last, |m: usize| m.max(last)));
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+        n += b.checked_sub(a)? + 1;
     }
-    max.map(|m| m + 1)
+    Some(n)
 }
 
 /// Start one queue thread per possible CPU on the FUSE device `dev`; with `workers`,
@@ -180,7 +183,8 @@ mod tests {
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("0-1"), Some(2));
         assert_eq!(parse_cpu_list("0"), Some(1));
-        assert_eq!(parse_cpu_list("0-3,8-11"), Some(12));
+        assert_eq!(parse_cpu_list("0-3,8-11"), Some(8));
+        assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
     }
 }
