@@ -97,6 +97,53 @@ fn a_queue_that_cannot_start_falls_back_to_dev_fuse() {
     );
 }
 
+/// SIGSTOP/SIGCONT (job control, a debugger, strace attaching) interrupts the queue
+/// threads' io_uring_enter with EINTR; a queue that took that for an error stopped, and
+/// the kernel kept routing its CPU's requests to it: the mount hung.
+#[test]
+fn stopping_and_continuing_the_daemon_keeps_the_ring_serving() {
+    keeps_serving_through_stop_and_continue(&start_on("io-uring"));
+}
+
+#[test]
+fn stopping_and_continuing_the_daemon_keeps_dev_fuse_serving() {
+    keeps_serving_through_stop_and_continue(&start_on("dev-fuse"));
+}
+
+fn keeps_serving_through_stop_and_continue(fs: &Pmxfs) {
+    let pid = nix::unistd::Pid::from_raw(fs.pid() as i32);
+    let (p, stop) = (
+        fs.p("storage.cfg"),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(&p, format!("dir: local{n}\n")).unwrap();
+                n += 1;
+            }
+            let _ = tx.send(n);
+        })
+    };
+    for _ in 0..5 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("the mount hangs after SIGSTOP/SIGCONT: {}", fs.log()));
+    writer.join().unwrap();
+    let want = format!("dir: local{}\n", n - 1);
+    assert_eq!(fs::read_to_string(&p).unwrap(), want);
+    assert!(!fs.log().contains("queue stopped"), "{}", fs.log());
+}
+
 fn basic_operations_and_ownership(fs: &Pmxfs) {
     fs::write(fs.p("storage.cfg"), b"dir: local\n").unwrap();
     assert_eq!(fs::read(fs.p("storage.cfg")).unwrap(), b"dir: local\n");

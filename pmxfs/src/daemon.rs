@@ -259,12 +259,17 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     let ring_dev = session.as_fd().try_clone_to_owned()?;
     sh.set_invalidator(Invalidator::start(session.notifier(), dev)?);
     let bg = session.spawn()?;
+    let mut queues = None;
     let transport = match nego.wait(Duration::from_secs(10)) {
         // A cluster node's writers wait in their handler for the CPG round trip: they
         // run on a worker pool so that a queue keeps serving its CPU's readers.
         Some((true, _)) => {
             match uring::start(ring_dev, fs, MAX_WRITE, (!opts.local).then_some(threads)) {
-                Ok(n) => format!("io_uring, {n} queues"),
+                Ok(q) => {
+                    let t = format!("io_uring, {} queues", q.count);
+                    queues = Some(q);
+                    t
+                }
                 Err(e) => {
                     tracing::error!("io_uring transport failed, falling back to /dev/fuse: {e}");
                     "/dev/fuse".to_string()
@@ -323,6 +328,7 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut failed = false;
     let why = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -330,9 +336,17 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
-                _ = tick.tick() => if bg.guard.is_finished() { return Ok("unmounted externally") },
+                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM".to_string()),
+                _ = int.recv() => return Ok("SIGINT".to_string()),
+                _ = tick.tick() => {
+                    if bg.guard.is_finished() {
+                        return Ok("unmounted externally".to_string());
+                    }
+                    if let Some(why) = queues.as_ref().and_then(|q| q.stopped()) {
+                        failed = true;
+                        return Ok(why.to_string());
+                    }
+                }
             }
         }
     })?;
@@ -343,6 +357,9 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     }
     if let Err(e) = sh.db.write().checkpoint() {
         tracing::warn!("final checkpoint failed (the WAL is replayed on next start): {e}");
+    }
+    if failed {
+        anyhow::bail!("{why}");
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ mod queue;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::channel;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use io_uring::{cqueue, squeue};
@@ -105,15 +105,32 @@ fn parse_cpu_list(s: &str) -> Option<usize> {
     Some(n)
 }
 
+/// The running ring queues.
+pub struct Queues {
+    /// How many queues (one per possible CPU).
+    pub count: usize,
+    stopped: Arc<OnceLock<String>>,
+}
+
+impl Queues {
+    /// Why a queue stopped while the connection was live, if one did. The kernel keeps
+    /// routing that CPU's requests to it, so they would hang: the daemon must end and
+    /// let the connection abort them.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
+    }
+}
+
 /// Start one queue thread per possible CPU on the FUSE device `dev`; with `workers`,
-/// requests that wait for the cluster run on that many pool threads. Returns the
-/// number of queues once each has submitted its registration.
+/// requests that wait for the cluster run on that many pool threads. Returns once
+/// each queue has submitted its registration.
 pub fn start(
     dev: OwnedFd,
     fs: Arc<PmxFs>,
     max_write: u32,
     workers: Option<usize>,
-) -> std::io::Result<usize> {
+) -> std::io::Result<Queues> {
+    let stopped = Arc::new(OnceLock::new());
     let pool = match workers {
         Some(n) => Some(offload::Pool::start(n, fs.clone())?),
         None => None,
@@ -134,12 +151,14 @@ pub fn start(
             continue;
         }
         let (dev, fs, tx, pool) = (dev.clone(), fs.clone(), tx.clone(), pool.clone());
+        let stopped = stopped.clone();
         std::thread::Builder::new()
             .name(format!("pmxfs-uring-{qid}"))
             .spawn(move || {
                 let fd = dev.as_raw_fd();
                 if let Err(e) = queue::run(qid as u16, fd, payload, fs, pool, tx.clone()) {
                     tracing::error!(qid, "io_uring queue stopped: {e}");
+                    let _ = stopped.set(format!("io_uring queue {qid} stopped: {e}"));
                     let _ = tx.send(Err(e.to_string()));
                 }
             })?;
@@ -153,7 +172,7 @@ pub fn start(
         fall_back(dev.as_raw_fd());
         return Err(std::io::Error::other(why));
     }
-    Ok(n)
+    Ok(Queues { count: n, stopped })
 }
 
 /// Make the kernel give up io_uring for this connection. Once INIT agreed to it, the

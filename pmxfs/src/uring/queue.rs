@@ -101,6 +101,18 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// Repeat `f` while it is interrupted by a signal. io_uring_enter returns EINTR when
+/// the thread is stopped and continued (SIGSTOP/SIGCONT, a debugger or strace
+/// attaching) or runs a signal handler; the ring is intact and nothing was lost.
+fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 /// How a queue's start ended.
 pub type Started = Result<(), String>;
 
@@ -137,7 +149,7 @@ pub fn run(
     }
     // SAFETY: wake_buf outlives the ring (dropped after it, below).
     unsafe { ring.submission().push(&wake_sqe(&mut wake_buf)) }.expect("room");
-    ring.submit()?;
+    retry_eintr(|| ring.submit())?;
     let _ = started.send(Ok(()));
 
     let mut live = depth;
@@ -145,7 +157,7 @@ pub fn run(
     let mut ready: Vec<(usize, i32)> = Vec::with_capacity(depth + 1);
     let mut done: Vec<Done> = Vec::with_capacity(depth);
     while live > 0 {
-        ring.submit_and_wait(1)?;
+        retry_eintr(|| ring.submit_and_wait(1))?;
         ready.extend(
             ring.completion()
                 .map(|c| (c.user_data() as usize, c.result())),
