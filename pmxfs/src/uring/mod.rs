@@ -79,9 +79,16 @@ impl Negotiation {
 /// asks for the transport: once asked, the kernel holds every request until the
 /// queues are registered.
 pub fn available() -> bool {
-    io_uring::IoUring::<io_uring::squeue::Entry128, io_uring::cqueue::Entry>::builder()
-        .build(4)
-        .is_ok()
+    ring_builder().build(4).is_ok()
+}
+
+/// How queue rings are set up. Only the queue's own thread submits, and it only needs
+/// completions when it waits for them: with DEFER_TASKRUN the kernel runs the FUSE
+/// request's task work at that wait instead of interrupting the thread for it.
+fn ring_builder() -> io_uring::Builder<squeue::Entry128, cqueue::Entry> {
+    let mut b = io_uring::IoUring::<squeue::Entry128, cqueue::Entry>::builder();
+    b.setup_single_issuer().setup_defer_taskrun();
+    b
 }
 
 /// Ring queues the kernel expects: one per possible CPU.

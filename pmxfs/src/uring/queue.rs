@@ -129,7 +129,7 @@ pub fn run(
     pin_to(qid as usize);
     let depth = if pool.is_some() { DEPTH_OFFLOAD } else { DEPTH };
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
-        IoUring::builder().build((depth * 2 + 2) as u32)?;
+        super::ring_builder().build((depth * 2 + 2) as u32)?;
     let outbox = Arc::new(Outbox::new()?);
     let mut slots: Vec<Slot> = (0..depth).map(|_| Slot::new(payload_len)).collect();
     let mut wake_buf = Box::new([0u8; 8]);
