@@ -588,6 +588,89 @@ fn opens_a_database_written_in_pmxcfs_layout() {
     assert_eq!(lines[0], format!("8|{v}|dir: other"));
 }
 
+/// A crashed daemon leaves a dead mount behind (pmxcfs force-unmounts /etc/pve
+/// unconditionally at start); the next start must clear it instead of failing with
+/// "File exists" from mkdir on an unreachable directory.
+#[test]
+fn a_dead_mount_left_by_a_crash_is_cleared_at_the_next_start() {
+    let mut fs = Pmxfs::start(&[]);
+    fs::write(fs.p("storage.cfg"), b"dir: local\n").unwrap();
+    fs.crash();
+    assert!(pmxfs_e2e::is_mounted(&fs.mnt), "the crash left no mount");
+    // ENOTCONN once /dev/fuse is closed; ECONNABORTED when the io_uring teardown
+    // aborted the connection first
+    let e = nix::sys::statfs::statfs(&fs.mnt).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED
+        ),
+        "{e}"
+    );
+    fs.restart();
+    assert_eq!(fs::read(fs.p("storage.cfg")).unwrap(), b"dir: local\n");
+    assert!(
+        fs.log().contains("clearing the dead FUSE mount"),
+        "{}",
+        fs.log()
+    );
+}
+
+/// A mount whose daemon is stopped is not dead: refuse it, and exit promptly even
+/// though the probe's request is stuck in the stopped daemon.
+#[test]
+fn a_mount_whose_daemon_is_stopped_is_refused_promptly() {
+    let fs = Pmxfs::start(&[]);
+    let pid = nix::unistd::Pid::from_raw(fs.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let other_db = fs.dir.path().join("other.db");
+    let mut child = fs
+        .command_for(&other_db, &fs.mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let status = status.expect("the refused start did not exit within 10 s");
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not answer"),
+        "{out:?}"
+    );
+    // the stopped daemon was left alone and serves again
+    fs::write(fs.p("x"), b"1").unwrap();
+    assert_eq!(fs::read(fs.p("x")).unwrap(), b"1");
+}
+
+/// SIGHUP (a closed terminal, a logout) must not take /etc/pve down.
+#[test]
+fn sighup_does_not_stop_the_daemon() {
+    let fs = Pmxfs::start(&[]);
+    let pid = nix::unistd::Pid::from_raw(fs.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        pmxfs_e2e::wait_until(std::time::Duration::from_secs(5), || fs
+            .log()
+            .contains("SIGHUP ignored"))
+        .is_some(),
+        "{}",
+        fs.log()
+    );
+    fs::write(fs.p("x"), b"after hup").unwrap();
+    assert_eq!(fs::read(fs.p("x")).unwrap(), b"after hup");
+    assert_eq!(fs.status()["mode"], "local");
+}
+
 #[test]
 fn kill9_during_writes_loses_nothing_acknowledged() {
     let mut fs = Pmxfs::start(&[]);

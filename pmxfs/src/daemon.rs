@@ -68,36 +68,14 @@ pub fn default_nodename() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Is `path` a mount point? Read from mountinfo: never `stat` a mount whose daemon may
-/// be hung.
-pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == want)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// Signals the main thread alone handles.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
     }
-    String::from_utf8_lossy(&out).into_owned()
+    set
 }
 
 /// Take the single-instance lock next to the database; held until the process exits.
@@ -123,33 +101,6 @@ fn lock_instance(db: &Path) -> Result<std::fs::File> {
         bail!("cannot lock {}: {e}", lock_path.display());
     }
     Ok(f)
-}
-
-fn prepare_mountpoint(mount: &Path) -> Result<PathBuf> {
-    if !mount.exists() {
-        std::fs::create_dir_all(mount)
-            .with_context(|| format!("cannot create mount point {}", mount.display()))?;
-        std::fs::set_permissions(mount, std::fs::Permissions::from_mode(0o750))?;
-    }
-    let mount = mount
-        .canonicalize()
-        .with_context(|| format!("bad mount point {}", mount.display()))?;
-    if is_mountpoint(&mount) {
-        bail!(
-            "{} is already a mount point (another pmxfs or pmxcfs?); unmount it first",
-            mount.display()
-        );
-    }
-    if !mount.is_dir() {
-        bail!("mount point {} is not a directory", mount.display());
-    }
-    if std::fs::read_dir(&mount)?.next().is_some() {
-        bail!(
-            "mount point {} is not empty; refusing to mount over it",
-            mount.display()
-        );
-    }
-    Ok(mount)
 }
 
 /// Directories a node expects to find (pve-cluster creates them on setup).
@@ -186,6 +137,12 @@ fn ensure_base_dirs(sh: &Shared, nodename: &str) {
 
 /// Run the daemon until a signal or an external unmount.
 pub fn run(opts: DaemonOpts) -> Result<()> {
+    // Every thread spawned from here on inherits a mask that blocks the stop signals,
+    // so they reach only the main thread's handlers below: a signal handled on a worker
+    // would interrupt its blocking call (EINTR) for nothing, and one arriving before
+    // the handlers exist stays pending instead of killing the daemon mid-mount.
+    let stop_signals = stop_signals();
+    stop_signals.thread_block()?;
     if let Some(dir) = opts.db.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)?;
@@ -193,7 +150,7 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         }
     }
     let _instance = lock_instance(&opts.db)?;
-    let mount = prepare_mountpoint(&opts.mount)?;
+    let mount = crate::mountpoint::prepare(&opts.mount)?;
 
     let (store, loaded) = SqliteStore::open(&opts.db, opts.sync)
         .with_context(|| format!("cannot open database {}", opts.db.display()))?;
@@ -333,11 +290,16 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // Without a handler SIGHUP (a closed terminal, a shell logout) would kill the
+        // daemon and leave a dead mount; /etc/pve must outlive the session that started it.
+        let mut hup = signal(SignalKind::hangup())?;
+        stop_signals.thread_unblock()?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM".to_string()),
                 _ = int.recv() => return Ok("SIGINT".to_string()),
+                _ = hup.recv() => tracing::warn!("SIGHUP ignored: pmxfs stops on SIGTERM or SIGINT"),
                 _ = tick.tick() => {
                     if bg.guard.is_finished() {
                         return Ok("unmounted externally".to_string());

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fs;
 pub mod locks;
 pub mod memdb;
+pub mod mountpoint;
 pub mod notify;
 pub mod status;
 pub mod uring;

@@ -198,6 +198,23 @@ impl Pmxfs {
         abort_mount(&self.mnt);
     }
 
+    /// Kill -9 and leave everything as a crash does: the dead mount stays (every access
+    /// fails with ENOTCONN) and so does the control socket file, which is removed here
+    /// only so that `restart` waits for the new daemon's own socket.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(d) = std::fs::read_dir(&self.run) {
+            for e in d.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// Start again on the same directory and database.
     pub fn restart(&mut self) {
         self.spawn_and_wait();
