@@ -84,6 +84,10 @@ fn unescape_mountinfo(s: &str) -> String {
 /// this process from exiting. An abandoned child is killed and finishes whenever that
 /// daemon answers.
 pub fn probe(path: &Path) -> Liveness {
+    probe_since(path, std::time::Instant::now())
+}
+
+fn probe_since(path: &Path, t0: std::time::Instant) -> Liveness {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use nix::unistd::ForkResult;
     use std::os::unix::ffi::OsStrExt;
@@ -100,16 +104,22 @@ pub fn probe(path: &Path) -> Liveness {
             } else {
                 match *libc::__errno_location() {
                     libc::ENOTCONN | libc::ECONNABORTED => 1,
+                    libc::ECANCELED => 3,
                     _ => 2,
                 }
             };
             libc::_exit(code)
         },
         Ok(ForkResult::Parent { child }) => {
-            let t0 = std::time::Instant::now();
             while t0.elapsed() < PROBE_TIMEOUT {
                 match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, 1)) => return Liveness::Dead,
+                    // Just after the daemon died its io_uring is still being torn down
+                    // and cancels the request: ask again until the connection is gone.
+                    Ok(WaitStatus::Exited(_, 3)) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        return probe_since(path, t0);
+                    }
                     Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
                     _ => return Liveness::Live,
                 }

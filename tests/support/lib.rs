@@ -189,15 +189,6 @@ impl Pmxfs {
         false
     }
 
-    /// Kill -9 (no clean unmount), then clear the dead mount.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        abort_mount(&self.mnt);
-    }
-
     /// Kill -9 and leave everything as a crash does: the dead mount stays (every access
     /// fails with ENOTCONN) and so does the control socket file, which is removed here
     /// only so that `restart` waits for the new daemon's own socket.
