@@ -24,6 +24,14 @@ impl Ttls {
         entry: Duration::ZERO,
         attr: Duration::ZERO,
     };
+
+    /// The same timeout for entries and attributes.
+    pub const fn both(ttl: Duration) -> Ttls {
+        Ttls {
+            entry: ttl,
+            attr: ttl,
+        }
+    }
 }
 
 /// What a lock protects.
@@ -169,10 +177,7 @@ mod tests {
         let one = Duration::from_secs(1);
         let p = Policy {
             enabled: true,
-            default: Ttls {
-                entry: one,
-                attr: one,
-            },
+            default: Ttls::both(one),
         };
         let held = vec!["authkey".to_string()];
         assert_eq!(p.ttls("authkey.pub", &held), Ttls::ZERO);

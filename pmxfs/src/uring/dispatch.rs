@@ -180,10 +180,7 @@ mod wire_tests {
             let ttl = Duration::from_secs(1);
             let policy = Policy {
                 enabled: false,
-                default: Ttls {
-                    entry: ttl,
-                    attr: ttl,
-                },
+                default: Ttls::both(ttl),
             };
             Wire {
                 fs: PmxFs::new(Shared::new(db, status, policy, 33, None)),
