@@ -719,6 +719,60 @@ fn kill9_during_writes_loses_nothing_acknowledged() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
+/// A change is answered once it is in the intent log; SQLite gets it in the background.
+/// With the background stalled on purpose, a crash leaves the acknowledged changes in
+/// the log only, and the next start must bring back every one of them.
+#[test]
+fn changes_acknowledged_before_sqlite_has_them_survive_a_crash() {
+    let mut fs = Pmxfs::start_with_env(&[], &[("PMXFS_STALL_APPLY", "1")]);
+    fs::create_dir(fs.p("dir")).unwrap();
+    for i in 0..200 {
+        pmxfs_e2e::write_acked(&fs.p(&format!("dir/f{i}")), format!("value {i}\n")).unwrap();
+    }
+    fs::rename(fs.p("dir/f0"), fs.p("g0")).unwrap();
+    fs::remove_file(fs.p("dir/f1")).unwrap();
+    // A large file is committed directly, after the queue, which cannot drain here:
+    // refused with EIO, and nothing else is lost.
+    let err = pmxfs_e2e::write_acked(&fs.p("big"), vec![7u8; 100 * 1024]).unwrap_err();
+    assert_eq!(pmxfs_e2e::errno(&err), libc::EIO, "{err}");
+    let before = pmxfs_e2e::tree_digest(&fs.mnt);
+    assert!(before.contains("f dir/f199 value 199"), "{before}");
+    let backlog = &fs.status()["db_backlog"];
+    assert!(backlog["pending"].as_u64().unwrap() >= 200, "{backlog}");
+    assert!(
+        backlog["failing"]
+            .as_str()
+            .unwrap()
+            .contains("PMXFS_STALL_APPLY"),
+        "{backlog}"
+    );
+    fs.crash();
+    let db = fs.db.clone();
+    let in_sqlite = |what: &str| {
+        let out = Command::new("sqlite3").arg(&db).arg(what).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        in_sqlite("SELECT count(*) FROM tree WHERE name LIKE 'f%';"),
+        "0",
+        "the changes were meant to be in the log only"
+    );
+    fs.remove_env("PMXFS_STALL_APPLY");
+    fs.restart();
+    assert_eq!(pmxfs_e2e::tree_digest(&fs.mnt), before);
+    assert!(
+        fs.log().contains("recovered changes from the intent log"),
+        "{}",
+        fs.log()
+    );
+    fs.stop();
+    assert_eq!(
+        in_sqlite("SELECT count(*) FROM tree WHERE name LIKE 'f%';"),
+        "198"
+    );
+    assert_eq!(in_sqlite("PRAGMA integrity_check;"), "ok");
+}
+
 #[test]
 fn status_reports_the_node() {
     let fs = Pmxfs::start(&[]);
@@ -737,12 +791,28 @@ fn status_reports_the_node() {
     assert_eq!(v["bytes"], 5);
     assert!(v["version"].as_u64().unwrap() > 9);
     assert_eq!(v["inodes"], 10);
+    assert!(v["db_backlog"]["pending"].is_u64(), "{v}");
+    assert!(v["db_backlog"]["failing"].is_null(), "{v}");
+    // the background applier empties the queue
+    assert!(
+        pmxfs_e2e::wait_until(std::time::Duration::from_secs(5), || fs.status()
+            ["db_backlog"]["pending"]
+            == 0)
+        .is_some(),
+        "{}",
+        fs.status()
+    );
     let human = Command::new(pmxfs_e2e::bin("pmxfs"))
         .args(["status", "--mount"])
         .arg(&fs.mnt)
         .env("PMXFS_RUN_DIR", &fs.run)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&human.stdout).contains("quorate:   yes"));
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("quorate:   yes"), "{human}");
+    assert!(
+        human.contains("db queue:  0 changes logged, not yet in the database\n"),
+        "{human}"
+    );
     let _ = json!({});
 }

@@ -100,6 +100,7 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "version": db.root_version().version,
         "inodes": db.entry_count(),
         "bytes": db.bytes(),
+        "db_backlog": db.backlog(),
         "held_locks": db.held_locks(crate::memdb::store::now_secs()),
         "mount": info.mount,
         "db": info.db,

@@ -14,7 +14,7 @@ use crate::coherence::{Policy, Ttls};
 use crate::control;
 use crate::fs::adapter::{FuserFs, MAX_WRITE};
 use crate::fs::{PmxFs, Shared};
-use crate::memdb::{Limits, MemDb, Op, SqliteStore, SyncMode};
+use crate::memdb::{Deferral, Limits, LoggedStore, MemDb, Op, SyncMode};
 use crate::notify::Invalidator;
 use crate::status::{Mode, Status};
 use crate::uring::{self, Negotiation, Transport};
@@ -79,6 +79,19 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 }
 
 /// Take the single-instance lock next to the database; held until the process exits.
+/// How commits reach SQLite: through the intent log, unless every commit is to be
+/// fsynced (`--sync full`, which the log would weaken); `PMXFS_STALL_APPLY=1` is the
+/// fault injection of the crash-recovery test (changes logged, never applied).
+fn deferral(sync: SyncMode) -> Deferral {
+    if std::env::var_os("PMXFS_STALL_APPLY").is_some_and(|v| v == "1") {
+        Deferral::Stalled
+    } else if sync == SyncMode::Full {
+        Deferral::Off
+    } else {
+        Deferral::On
+    }
+}
+
 fn lock_instance(db: &Path) -> Result<std::fs::File> {
     let lock_path = PathBuf::from(format!("{}.lock", db.display()));
     let f = std::fs::OpenOptions::new()
@@ -152,7 +165,7 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     let _instance = lock_instance(&opts.db)?;
     let mount = crate::mountpoint::prepare(&opts.mount)?;
 
-    let (store, loaded) = SqliteStore::open(&opts.db, opts.sync)
+    let (store, loaded) = LoggedStore::open(&opts.db, opts.sync, deferral(opts.sync))
         .with_context(|| format!("cannot open database {}", opts.db.display()))?;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
         .with_context(|| format!("refusing to start on {}", opts.db.display()))?

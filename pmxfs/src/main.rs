@@ -223,6 +223,15 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
     println!("version:   {}", v["version"]);
     println!("inodes:    {}", v["inodes"]);
     println!("bytes:     {}", v["bytes"]);
+    let backlog = &v["db_backlog"];
+    println!(
+        "db queue:  {} changes logged, not yet in the database{}",
+        backlog["pending"],
+        backlog["failing"]
+            .as_str()
+            .map(|e| format!(" (failing: {e})"))
+            .unwrap_or_default()
+    );
     println!("transport: {}", v["transport"].as_str().unwrap_or("?"));
     println!(
         "coherence: {}",

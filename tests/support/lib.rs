@@ -206,6 +206,11 @@ impl Pmxfs {
         }
     }
 
+    /// Leave `key` out of the environment of the next `restart`.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// Start again on the same directory and database.
     pub fn restart(&mut self) {
         self.spawn_and_wait();

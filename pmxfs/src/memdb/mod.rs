@@ -9,6 +9,8 @@
 mod checkpoint;
 pub mod entry;
 pub mod index;
+mod intent_log;
+pub mod logged_store;
 pub mod op;
 pub mod paths;
 pub mod store;
@@ -20,8 +22,9 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 pub use entry::{Entry, Kind, RootVersion, Row, ROOT_INODE};
+pub use logged_store::{Deferral, LoggedStore};
 pub use op::{Applied, Change, LockEvent, Op, OpCtx};
-pub use store::{NullStore, SqliteStore, Store, StoreError, SyncMode, Txn};
+pub use store::{Backlog, NullStore, SqliteStore, Store, StoreError, SyncMode, Txn};
 pub use vmindex::VmInfo;
 
 use crate::locks::{self, MkdirVerdict, MtimeVerdict};
@@ -404,6 +407,11 @@ impl MemDb {
             .collect();
         v.sort_by_key(|r| r.inode);
         v
+    }
+
+    /// Changes accepted but not yet in the database file.
+    pub fn backlog(&self) -> Backlog {
+        self.store.lock().backlog()
     }
 
     /// Fold the store's write-ahead log into the main file (clean shutdown).

@@ -48,6 +48,15 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+/// Changes a store has accepted but not yet written to the database file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    /// How many.
+    pub pending: usize,
+    /// Why writing them fails, while it does.
+    pub failing: Option<String>,
+}
+
 /// Where committed changes go.
 pub trait Store: Send {
     /// Persist `txn` atomically: afterwards either all of it is durable or none.
@@ -64,6 +73,11 @@ pub trait Store: Send {
     /// Fold the write-ahead log into the database (on clean shutdown).
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Accepted changes that are not in the database file yet.
+    fn backlog(&self) -> Backlog {
+        Backlog::default()
     }
 
     /// Bytes written to the database files so far, if known (for benchmarks).
@@ -140,6 +154,8 @@ pub struct Loaded {
     pub term: u64,
     /// Highest term this node promised to join.
     pub promised_term: u64,
+    /// Sequence number of the last intent-log record in the database (0 if none).
+    pub log_seq: u64,
 }
 
 impl SqliteStore {
@@ -205,6 +221,7 @@ impl SqliteStore {
                 created: true,
                 term: 0,
                 promised_term: 0,
+                log_seq: 0,
             });
         }
         Ok((
@@ -221,6 +238,47 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Read the whole content again (after recovery changed it).
+    pub fn reload(&self) -> Result<Loaded, StoreError> {
+        validate_schema(&self.conn, &self.path)?.ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: "the tree table disappeared".into(),
+        })
+    }
+
+    /// Persist the intent-log records `batch` (consecutive, oldest first) in one
+    /// transaction, together with the last one's sequence number, so that recovery
+    /// knows where the database stops. Each change stays whole: the batch is
+    /// all-or-nothing and ends on a change boundary.
+    pub fn commit_batch(&mut self, batch: &[(u64, Txn)]) -> Result<(), StoreError> {
+        let Some((last_seq, last)) = batch.last() else {
+            return Ok(());
+        };
+        let conn = &mut self.conn;
+        self.ckpt.commit(|| {
+            let tx = conn.transaction()?;
+            for (_, txn) in batch {
+                write_changes(&tx, txn)?;
+            }
+            write_root(&tx, last.root)?;
+            write_meta(&tx, LOG_SEQ, *last_seq)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
+
+/// The rows of one change, without its version record.
+fn write_changes(conn: &Connection, txn: &Txn) -> rusqlite::Result<()> {
+    for ino in &txn.deletes {
+        conn.prepare_cached("DELETE FROM tree WHERE inode = ?1")?
+            .execute([*ino as i64])?;
+    }
+    for row in &txn.upserts {
+        write_row(conn, row, row.inode >= txn.root.version)?;
+    }
+    Ok(())
 }
 
 fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -336,6 +394,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
         created: false,
         term: read_meta(conn, &tables, "term").map_err(|e| corrupt(path, e))?,
         promised_term: read_meta(conn, &tables, "promised_term").map_err(|e| corrupt(path, e))?,
+        log_seq: read_meta(conn, &tables, LOG_SEQ).map_err(|e| corrupt(path, e))?,
     }))
 }
 
@@ -358,6 +417,9 @@ fn write_root(conn: &Connection, root: RootVersion) -> rusqlite::Result<()> {
 /// we wrote still opens there.
 const META_SCHEMA: &str =
     "CREATE TABLE IF NOT EXISTS pmxfs_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);";
+
+/// The `pmxfs_meta` key of the last intent-log record a transaction included.
+const LOG_SEQ: &str = "log_seq";
 
 fn write_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
     conn.execute_batch(META_SCHEMA)?;
@@ -432,13 +494,7 @@ impl Store for SqliteStore {
         let conn = &mut self.conn;
         self.ckpt.commit(|| {
             let tx = conn.transaction()?;
-            for ino in &txn.deletes {
-                tx.prepare_cached("DELETE FROM tree WHERE inode = ?1")?
-                    .execute([*ino as i64])?;
-            }
-            for row in &txn.upserts {
-                write_row(&tx, row, row.inode >= txn.root.version)?;
-            }
+            write_changes(&tx, txn)?;
             write_root(&tx, txn.root)?;
             tx.commit()?;
             Ok(())
