@@ -773,6 +773,64 @@ fn changes_acknowledged_before_sqlite_has_them_survive_a_crash() {
     assert_eq!(in_sqlite("PRAGMA integrity_check;"), "ok");
 }
 
+/// A queue that fails while the mount is live must end the daemon: the kernel keeps
+/// routing its CPU's requests to the dead queue, where they would wait forever. The
+/// exit makes them fail with ENOTCONN, and a restart serves again.
+#[test]
+fn a_queue_failing_while_mounted_ends_the_daemon_instead_of_hanging_the_mount() {
+    let mut fs = Pmxfs::start_with_env(&[], &[("PMXFS_FAIL_QUEUE_AFTER", "300")]);
+    let transport = fs.status()["transport"].as_str().unwrap().to_string();
+    assert!(transport.starts_with("io_uring"), "{transport}");
+    // The client runs in its own process: a request stuck on a dead queue cannot be
+    // interrupted, and would keep this test process from exiting.
+    let mut client = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "i=0; while [ $i -lt 3000 ]; do echo $i > \"$0/f$((i % 10))\" || exit 3; \
+             i=$((i + 1)); done",
+        )
+        .arg(&fs.mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = pmxfs_e2e::wait_until(std::time::Duration::from_secs(20), || {
+        client.try_wait().ok().flatten().is_some()
+    });
+    if finished.is_none() {
+        let stacks = pmxfs_e2e::kernel_stacks(client.id());
+        pmxfs_e2e::abort_mount(&fs.mnt);
+        let _ = client.kill();
+        panic!("the client hung on the mount: {stacks}\n{}", fs.log());
+    }
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let st = fs
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("the daemon did not exit");
+    assert!(!st.success(), "{st}");
+    assert!(
+        fs.log()
+            .contains("failure injected by PMXFS_FAIL_QUEUE_AFTER"),
+        "{}",
+        fs.log()
+    );
+    fs.remove_env("PMXFS_FAIL_QUEUE_AFTER");
+    fs.restart();
+    let last: u32 = (0..10)
+        .map(|k| {
+            fs::read_to_string(fs.p(&format!("f{k}")))
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap();
+    assert!(last > 0, "nothing written before the failure");
+    fs::write(fs.p("after"), b"ok").unwrap();
+    assert_eq!(fs::read(fs.p("after")).unwrap(), b"ok");
+}
+
 #[test]
 fn status_reports_the_node() {
     let fs = Pmxfs::start(&[]);

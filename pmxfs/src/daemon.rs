@@ -331,7 +331,9 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         tracing::debug!("unmount: {e}");
     }
     if let Err(e) = sh.db.write().checkpoint() {
-        tracing::warn!("final checkpoint failed (the WAL is replayed on next start): {e}");
+        tracing::warn!(
+            "final checkpoint failed (the intent log and the WAL are replayed at the next start): {e}"
+        );
     }
     if failed {
         anyhow::bail!("{why}");

@@ -206,6 +206,23 @@ impl Pmxfs {
         }
     }
 
+    /// Wait up to `limit` for the daemon to exit by itself; its exit status, or `None`
+    /// while it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            let st = self.child.as_mut()?.try_wait().ok().flatten();
+            if st.is_some() {
+                self.child = None;
+                return st;
+            }
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Leave `key` out of the environment of the next `restart`.
     pub fn remove_env(&mut self, key: &str) {
         self.env.retain(|(k, _)| k != key);

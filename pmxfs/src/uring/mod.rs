@@ -149,6 +149,11 @@ pub fn start(
     let fail = std::env::var("PMXFS_FAIL_QUEUE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok());
+    // And this one: every queue fails after handling that many requests, which is how
+    // the tests reach the "a queue stopped while the mount is live" path.
+    let fail_after = std::env::var("PMXFS_FAIL_QUEUE_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     let (tx, rx) = channel();
     for qid in 0..n {
         if fail == Some(qid) {
@@ -163,7 +168,8 @@ pub fn start(
             .name(format!("pmxfs-uring-{qid}"))
             .spawn(move || {
                 let fd = dev.as_raw_fd();
-                if let Err(e) = queue::run(qid as u16, fd, payload, fs, pool, tx.clone()) {
+                let r = queue::run(qid as u16, fd, payload, fs, pool, tx.clone(), fail_after);
+                if let Err(e) = r {
                     tracing::error!(qid, "io_uring queue stopped: {e}");
                     let _ = stopped.set(format!("io_uring queue {qid} stopped: {e}"));
                     let _ = tx.send(Err(e.to_string()));

@@ -117,7 +117,8 @@ fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<
 pub type Started = Result<(), String>;
 
 /// Run queue `qid` until the connection ends; `started` hears once when its entries
-/// were submitted for registration.
+/// were submitted for registration. `fail_after` is fault injection: fail once that
+/// many requests were handed to their handlers.
 pub fn run(
     qid: u16,
     dev: RawFd,
@@ -125,6 +126,7 @@ pub fn run(
     fs: Arc<PmxFs>,
     pool: Option<Arc<Pool>>,
     started: Sender<Started>,
+    fail_after: Option<u64>,
 ) -> std::io::Result<()> {
     pin_to(qid as usize);
     let depth = if pool.is_some() { DEPTH_OFFLOAD } else { DEPTH };
@@ -154,6 +156,7 @@ pub fn run(
 
     let mut live = depth;
     let mut retries = 0;
+    let mut handled = 0u64;
     let mut ready: Vec<(usize, i32)> = Vec::with_capacity(depth + 1);
     let mut done: Vec<Done> = Vec::with_capacity(depth);
     while live > 0 {
@@ -205,6 +208,12 @@ pub fn run(
             match &pool {
                 Some(pool) if waits(h.opcode) => pool.run(h, arg, payload, reply),
                 _ => dispatch(&fs, h, &arg, payload, reply),
+            }
+            handled += 1;
+            if fail_after.is_some_and(|n| handled >= n) {
+                return Err(std::io::Error::other(
+                    "failure injected by PMXFS_FAIL_QUEUE_AFTER",
+                ));
             }
         }
         outbox.drain(&mut done);
