@@ -773,6 +773,30 @@ fn changes_acknowledged_before_sqlite_has_them_survive_a_crash() {
     assert_eq!(in_sqlite("PRAGMA integrity_check;"), "ok");
 }
 
+/// `--sync full` fsyncs every commit, which a page-cache log would undercut: nothing
+/// goes through the intent log, and the database has each change when it returns.
+#[test]
+fn sync_full_commits_every_change_to_sqlite_before_answering() {
+    let fs = Pmxfs::start(&["--sync", "full"]);
+    for i in 0..20 {
+        pmxfs_e2e::write_acked(&fs.p(&format!("f{i}")), format!("value {i}")).unwrap();
+        let out = Command::new("sqlite3")
+            .arg(&fs.db)
+            .arg(format!(
+                "SELECT CAST(data AS TEXT) FROM tree WHERE name = 'f{i}';"
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("value {i}")
+        );
+    }
+    let log = format!("{}-pmxfs-log", fs.db.display());
+    assert_eq!(fs::metadata(log).unwrap().len(), 0);
+    assert_eq!(fs.status()["db_backlog"]["pending"], 0);
+}
+
 /// A queue that fails while the mount is live must end the daemon: the kernel keeps
 /// routing its CPU's requests to the dead queue, where they would wait forever. The
 /// exit makes them fail with ENOTCONN, and a restart serves again.
