@@ -2,73 +2,13 @@
 //! length-prefixed little-endian fields, decoded defensively (bounded lengths, UTF-8
 //! names, no trailing bytes) so a malformed message is an error, never a panic.
 
-use std::sync::Arc;
-
 use cluster_sync::wire::WireCodec;
 
-use crate::memdb::{Kind, Op, Row};
-
-/// Longest path accepted on the wire.
-const MAX_PATH: usize = 4096;
-/// Largest content accepted on the wire (the file limit plus slack).
-const MAX_DATA: usize = 2 * 1024 * 1024;
+use crate::memdb::row_codec::{decode_row, encode_row, put_bytes, Reader, MAX_DATA};
+use crate::memdb::{Op, Row};
 
 /// The codec for pmxfs's replicated tree.
 pub struct MemdbCodec;
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        if self.buf.len() < n {
-            return Err(format!(
-                "truncated {what}: need {n} bytes, have {}",
-                self.buf.len()
-            ));
-        }
-        let (a, b) = self.buf.split_at(n);
-        self.buf = b;
-        Ok(a)
-    }
-    fn u8(&mut self, what: &str) -> Result<u8, String> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4, what)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8, what)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn bytes(&mut self, max: usize, what: &str) -> Result<&'a [u8], String> {
-        let n = self.u32(what)? as usize;
-        if n > max {
-            return Err(format!("{what} of {n} bytes exceeds {max}"));
-        }
-        self.take(n, what)
-    }
-    fn string(&mut self, what: &str) -> Result<String, String> {
-        let b = self.bytes(MAX_PATH, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
-    }
-    fn end(&self) -> Result<(), String> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} trailing bytes", self.buf.len()))
-        }
-    }
-}
 
 impl WireCodec for MemdbCodec {
     type Op = Op;
@@ -114,7 +54,7 @@ impl WireCodec for MemdbCodec {
     }
 
     fn decode_op(buf: &[u8]) -> Result<Op, String> {
-        let mut r = Reader { buf };
+        let mut r = Reader::new(buf);
         let op = match r.u8("op tag")? {
             1 => Op::Create {
                 path: r.string("path")?,
@@ -156,44 +96,22 @@ impl WireCodec for MemdbCodec {
     }
 
     fn encode_entry(e: &Row, out: &mut Vec<u8>) {
-        out.extend_from_slice(&e.inode.to_le_bytes());
-        out.extend_from_slice(&e.parent.to_le_bytes());
-        out.extend_from_slice(&e.version.to_le_bytes());
-        out.extend_from_slice(&e.writer.to_le_bytes());
-        out.extend_from_slice(&e.mtime.to_le_bytes());
-        out.push(e.kind.dtype());
-        put_bytes(out, e.name.as_bytes());
-        put_bytes(out, &e.data);
+        encode_row(e, out);
     }
 
     fn decode_entry(buf: &[u8]) -> Result<Row, String> {
-        let mut r = Reader { buf };
-        let inode = r.u64("inode")?;
-        let parent = r.u64("parent")?;
-        let version = r.u64("version")?;
-        let writer = r.u32("writer")?;
-        let mtime = r.u32("mtime")?;
-        let t = r.u8("type")?;
-        let kind = Kind::from_dtype(t as i64).ok_or_else(|| format!("bad entry type {t}"))?;
-        let name = r.string("name")?;
-        let data = r.bytes(MAX_DATA, "data")?.to_vec();
+        let mut r = Reader::new(buf);
+        let row = decode_row(&mut r)?;
         r.end()?;
-        Ok(Row {
-            inode,
-            parent,
-            version,
-            writer,
-            mtime,
-            kind,
-            name,
-            data: Arc::new(data),
-        })
+        Ok(row)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memdb::Kind;
+    use std::sync::Arc;
 
     fn ops() -> Vec<Op> {
         vec![

@@ -11,14 +11,13 @@
 //! follows the newest record may be an older lap: a scan stops at the first record that
 //! is cut short, fails its checksum, or does not continue the sequence.
 
+use super::entry::RootVersion;
+use super::row_codec::{decode_row, encode_row, row_len, Reader, ROW_FIXED};
+use super::store::Txn;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use super::entry::{Kind, RootVersion, Row};
-use super::store::Txn;
 
 const MAGIC: u32 = 0x3158_4c50;
 const HEADER: usize = 4 + 4 + 4 + 8;
@@ -48,16 +47,7 @@ pub fn encode(seq: u64, txn: &Txn, out: &mut Vec<u8>) {
     }
     put_u32(out, txn.upserts.len());
     for row in &txn.upserts {
-        out.extend_from_slice(&row.inode.to_le_bytes());
-        out.extend_from_slice(&row.parent.to_le_bytes());
-        out.extend_from_slice(&row.version.to_le_bytes());
-        out.extend_from_slice(&row.writer.to_le_bytes());
-        out.extend_from_slice(&row.mtime.to_le_bytes());
-        out.push(row.kind.dtype());
-        put_u32(out, row.name.len());
-        out.extend_from_slice(row.name.as_bytes());
-        put_u32(out, row.data.len());
-        out.extend_from_slice(&row.data);
+        encode_row(row, out);
     }
     out.extend_from_slice(&txn.root.version.to_le_bytes());
     out.extend_from_slice(&txn.root.writer.to_le_bytes());
@@ -70,16 +60,7 @@ pub fn encode(seq: u64, txn: &Txn, out: &mut Vec<u8>) {
 
 /// Bytes the record of `txn` takes, without encoding it.
 pub fn encoded_len(txn: &Txn) -> usize {
-    HEADER
-        + 4
-        + 8 * txn.deletes.len()
-        + 4
-        + txn
-            .upserts
-            .iter()
-            .map(|r| 8 * 3 + 4 + 4 + 1 + 4 + r.name.len() + 4 + r.data.len())
-            .sum::<usize>()
-        + 16
+    HEADER + 4 + 8 * txn.deletes.len() + 4 + txn.upserts.iter().map(row_len).sum::<usize>() + 16
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {
@@ -122,79 +103,21 @@ pub fn scan(bytes: &[u8]) -> Result<Vec<(u64, Txn)>, Malformed> {
     Ok(out)
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.b.len() < n {
-            return Err(format!("{n} bytes needed, {} left", self.b.len()));
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    /// A count of items at least `min_item` bytes each, checked against what is left so
-    /// that a bad count cannot make us reserve gigabytes.
-    fn count(&mut self, min_item: usize) -> Result<usize, String> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_item) > self.b.len() {
-            return Err(format!("count {n} does not fit in {} bytes", self.b.len()));
-        }
-        Ok(n)
-    }
-}
-
 fn decode(payload: &[u8]) -> Result<Txn, String> {
-    let mut r = Reader { b: payload };
-    let deletes = (0..r.count(8)?)
-        .map(|_| r.u64())
+    let mut r = Reader::new(payload);
+    let deletes = (0..r.count(8, "delete count")?)
+        .map(|_| r.u64("deleted inode"))
         .collect::<Result<Vec<_>, _>>()?;
-    let n = r.count(41)?;
-    let mut upserts = Vec::with_capacity(n);
-    for _ in 0..n {
-        let inode = r.u64()?;
-        let parent = r.u64()?;
-        let version = r.u64()?;
-        let writer = r.u32()?;
-        let mtime = r.u32()?;
-        let dtype = r.u8()?;
-        let kind = Kind::from_dtype(dtype as i64).ok_or(format!("unknown entry type {dtype}"))?;
-        let name_len = r.u32()? as usize;
-        let name = std::str::from_utf8(r.take(name_len)?)
-            .map_err(|e| format!("inode {inode}: name is not UTF-8: {e}"))?
-            .to_string();
-        let data_len = r.u32()? as usize;
-        let data = Arc::new(r.take(data_len)?.to_vec());
-        upserts.push(Row {
-            inode,
-            parent,
-            version,
-            writer,
-            mtime,
-            kind,
-            name,
-            data,
-        });
-    }
+    let n = r.count(ROW_FIXED, "row count")?;
+    let upserts = (0..n)
+        .map(|_| decode_row(&mut r))
+        .collect::<Result<Vec<_>, _>>()?;
     let root = RootVersion {
-        version: r.u64()?,
-        writer: r.u32()?,
-        mtime: r.u32()?,
+        version: r.u64("version")?,
+        writer: r.u32("writer")?,
+        mtime: r.u32("mtime")?,
     };
-    if !r.b.is_empty() {
-        return Err(format!("{} bytes after the change", r.b.len()));
-    }
+    r.end()?;
     Ok(Txn {
         deletes,
         upserts,
@@ -284,6 +207,8 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memdb::{Kind, Row};
+    use std::sync::Arc;
 
     fn row(inode: u64, name: &str, data: &[u8]) -> Row {
         Row {

@@ -60,22 +60,15 @@ struct State {
     applied: u64,
     /// Why the last attempt to apply failed, while it keeps failing.
     failing: Option<String>,
-    /// The applier sleeps on `work`.
-    idle: bool,
     stop: bool,
-    /// Tests: the applier takes nothing more, as if the process had died.
-    #[cfg(test)]
+    /// The applier takes nothing more ([`Deferral::Stalled`], or a test's crash).
     halted: bool,
 }
 
 impl State {
     /// Whether the applier has something it may take.
     fn has_work(&self) -> bool {
-        #[cfg(test)]
-        if self.halted {
-            return false;
-        }
-        !self.queue.is_empty()
+        !self.halted && !self.queue.is_empty()
     }
 }
 
@@ -146,9 +139,11 @@ impl LoggedStore {
         shared.state.lock().applied = applied;
         if deferral == Deferral::Stalled {
             tracing::warn!("PMXFS_STALL_APPLY: changes are logged but not applied");
-            shared.state.lock().failing = Some("stalled on purpose (PMXFS_STALL_APPLY)".into());
+            let mut st = shared.state.lock();
+            st.halted = true;
+            st.failing = Some("stalled on purpose (PMXFS_STALL_APPLY)".into());
         }
-        let applier = if deferral == Deferral::On {
+        let applier = if deferral != Deferral::Off {
             let (sh, db) = (shared.clone(), sqlite.clone());
             Some(
                 std::thread::Builder::new()
@@ -213,11 +208,9 @@ impl LoggedStore {
         }
         self.log.append(seq, txn)?;
         self.next_seq += 1;
-        let mut st = self.shared.state.lock();
-        st.queue.push_back((seq, txn.clone()));
-        if st.idle {
-            self.shared.work.notify_one();
-        }
+        self.shared.state.lock().queue.push_back((seq, txn.clone()));
+        // Cheap when the applier is busy: parking_lot only checks for a waiter.
+        self.shared.work.notify_one();
         Ok(())
     }
 }
@@ -289,9 +282,7 @@ fn apply_loop(sh: &Shared, db: &Mutex<SqliteStore>) {
                 if st.stop {
                     return;
                 }
-                st.idle = true;
                 sh.work.wait(&mut st);
-                st.idle = false;
                 if !st.has_work() {
                     continue;
                 }

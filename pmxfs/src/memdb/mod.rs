@@ -13,6 +13,7 @@ mod intent_log;
 pub mod logged_store;
 pub mod op;
 pub mod paths;
+pub mod row_codec;
 pub mod store;
 mod vmindex;
 
