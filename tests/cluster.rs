@@ -119,9 +119,37 @@ fn lock_race(c: &Cluster) {
     }
 }
 
+/// What a steady writer saw: the indices acknowledged, and every error with its index.
+type WriterLog = (Vec<usize>, Vec<(usize, std::io::Error)>);
+
+/// A writer on node 1 that runs until `stop`.
+fn steady_writer(
+    c: &Cluster,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<WriterLog> {
+    let m1 = c.mnt(1);
+    std::thread::spawn(move || {
+        let (mut acked, mut errors) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match write(&m1.join(format!("steady-{}", i % 20)), &format!("{i}")) {
+                Ok(()) => acked.push(i),
+                Err(e) => errors.push((i, e)),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (acked, errors)
+    })
+}
+
 /// Node 3 cut off turns read-only while 1 and 2 keep writing; after the heal it
-/// converges with every acknowledged write.
+/// converges with every acknowledged write. A writer on node 1 runs through both
+/// membership changes: writes the changes caught on the wire are sent again, so it
+/// never sees an error (a lost write used to fail with EAGAIN).
 fn partition(c: &Cluster) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = steady_writer(c, stop.clone());
     c.cut(3);
     let lost = wait_until(Duration::from_secs(20), || c.status(3)["quorate"] == false);
     assert!(lost.is_some(), "n3 kept quorum after the cut\n{}", c.logs());
@@ -131,19 +159,26 @@ fn partition(c: &Cluster) {
         fs::read_to_string(c.mnt(3).join("repl.cfg")).is_ok(),
         "reads keep working"
     );
-    let mut acked = Vec::new();
+    let majority = wait_until(Duration::from_secs(10), || {
+        (1..=2).all(|k| {
+            let s = c.status(k);
+            let online = s["members"]
+                .as_array()
+                .map(|m| m.iter().filter(|m| m["online"] == true).count());
+            online == Some(2)
+        })
+    });
+    assert!(
+        majority.is_some(),
+        "n1 and n2 never saw n3 leave\n{}",
+        c.logs()
+    );
     for i in 0..20 {
         let k = 1 + i % 2;
         let p = c.mnt(k).join(format!("during-cut-{i}"));
-        let ok = wait_until(Duration::from_secs(10), || {
-            write(&p, &format!("{i}")).is_ok()
-        });
-        assert!(
-            ok.is_some(),
-            "majority node n{k} could not write\n{}",
-            c.logs()
-        );
-        acked.push(i);
+        if let Err(e) = write(&p, &format!("{i}")) {
+            panic!("majority node n{k} failed write {i}: {e}\n{}", c.logs());
+        }
     }
     c.heal(3);
     let back = wait_until(Duration::from_secs(30), || {
@@ -154,34 +189,76 @@ fn partition(c: &Cluster) {
         "n3 did not converge after the heal\n{}",
         c.logs()
     );
-    for i in acked {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, errors) = steady.join().unwrap();
+    assert!(
+        errors.is_empty(),
+        "n1's writer saw errors across the cut and the heal: {errors:?}\n{}",
+        c.logs()
+    );
+    assert!(acked.len() > 20, "only {} steady writes", acked.len());
+    for i in 0..20 {
         let got = fs::read_to_string(c.mnt(3).join(format!("during-cut-{i}"))).unwrap();
         assert_eq!(got, format!("{i}"));
     }
-    eprintln!("partition: lost quorum after {lost:?}, converged {back:?} after heal");
+    let synced = wait_until(Duration::from_secs(10), || {
+        tree_digest(&c.mnt(3)) == tree_digest(&c.mnt(1))
+    });
+    assert!(synced.is_some(), "n3 fell behind n1's last steady writes");
+    for f in 0..20 {
+        if let Some(i) = acked.iter().rev().find(|i| *i % 20 == f) {
+            let got = fs::read_to_string(c.mnt(3).join(format!("steady-{f}"))).unwrap();
+            assert_eq!(got, format!("{i}"), "n3: steady-{f}");
+        }
+    }
+    let resent: u64 = (1..=3)
+        .map(|k| {
+            c.status(k)["cluster_messages"]["writes_resent"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    eprintln!(
+        "partition: lost quorum after {lost:?}, converged {back:?} after heal; {} steady writes, {resent} re-sent after membership changes",
+        acked.len()
+    );
 }
 
 /// kill -9 of a node's pmxfs during writes; after a restart it resyncs, and nothing
 /// acknowledged is lost.
 fn crash_and_resync(c: &Cluster) {
     let m2 = c.mnt(2);
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
     let writer = std::thread::spawn(move || {
         let mut acked = Vec::new();
-        for i in 0..100_000 {
+        for i in 0..1_000_000 {
             match pmxfs_e2e::write_acked(&m2.join(format!("crash-{}", i % 50)), format!("{i}")) {
                 Ok(()) => acked.push(i),
-                Err(_) => break,
+                Err(e) => return (acked, e),
             }
+            seen.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
         }
-        acked
+        panic!("1,000,000 writes and no kill");
     });
-    std::thread::sleep(Duration::from_millis(800));
+    // Kill in the middle of the burst, not before it got going.
+    let going = wait_until(Duration::from_secs(10), || {
+        count.load(std::sync::atomic::Ordering::Relaxed) >= 200 || writer.is_finished()
+    });
     c.script("pmxfs-kill", 2);
-    let acked = writer.join().unwrap();
+    let (acked, end) = writer.join().unwrap();
+    // Only the kill may stop the writer: new requests to a dead daemon get ENOTCONN,
+    // the one in flight ECONNABORTED, or ECANCELED if it sat on an io_uring queue.
+    // Anything else (a write refused after the heal, say) is a failure of its own.
     assert!(
-        acked.len() > 10,
-        "only {} writes before the kill",
-        acked.len()
+        going.is_some()
+            && matches!(
+                end.raw_os_error(),
+                Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
+            ),
+        "n2's writer stopped after {} writes with {end}, not because of the kill (200 writes after {going:?})\n{}",
+        acked.len(),
+        c.logs()
     );
     for i in 0..10 {
         write(&c.mnt(1).join(format!("while-down-{i}")), "x").unwrap();

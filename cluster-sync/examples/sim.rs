@@ -1,6 +1,6 @@
 //! Run the protocol simulator over many seeds; prints the first failing seed and its
 //! trace. `cargo run -p cluster-sync --example sim --release -- --seeds 1000 [--start 0]
-//! [--steps 1500] [--nodes N] [--no-crashes] [--all]`
+//! [--steps 1500] [--nodes N] [--no-crashes] [--late-quorum] [--all]`
 use cluster_sync::sim::{run, SimConfig};
 
 fn main() {
@@ -21,10 +21,11 @@ fn main() {
             "--steps" => cfg.steps = val() as usize,
             "--nodes" => cfg.nodes = Some(val() as usize),
             "--no-crashes" => cfg.crashes = false,
+            "--late-quorum" => cfg.late_quorum = true,
             "--all" => all = true,
             "--trace" => cfg.trace_lines = val() as usize,
             _ => {
-                eprintln!("usage: sim --seeds N [--start S] [--steps K] [--nodes N] [--no-crashes] [--all]");
+                eprintln!("usage: sim --seeds N [--start S] [--steps K] [--nodes N] [--no-crashes] [--late-quorum] [--all]");
                 std::process::exit(2);
             }
         }
@@ -33,12 +34,14 @@ fn main() {
     let (mut ok, mut failed) = (0u64, 0u64);
     let (mut acked, mut again, mut noq, mut locks, mut crashes, mut msgs, mut lost) =
         (0, 0, 0, 0, 0, 0, 0);
+    let mut resent = 0;
     for seed in start..start + seeds {
         match run(seed, &cfg) {
             Ok(r) => {
                 ok += 1;
                 acked += r.acked;
                 again += r.interrupted;
+                resent += r.resent;
                 noq += r.no_quorum;
                 locks += r.locks;
                 crashes += r.crashes;
@@ -56,7 +59,7 @@ fn main() {
         }
     }
     println!(
-        "{ok} seeds passed, {failed} failed in {:.1} s; acked {acked}, EAGAIN {again}, EACCES {noq}, locks {locks}, crashes {crashes}, messages {msgs}, acked-but-minority-held lost {lost}",
+        "{ok} seeds passed, {failed} failed in {:.1} s; acked {acked}, re-sent {resent}, EAGAIN {again}, EACCES {noq}, locks {locks}, crashes {crashes}, messages {msgs}, acked-but-minority-held lost {lost}",
         t0.elapsed().as_secs_f64()
     );
     if failed > 0 {

@@ -111,6 +111,7 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "cluster_messages": {
             "sent": sh.cluster_sent.load(Ordering::Relaxed),
             "delivered": sh.cluster_delivered.load(Ordering::Relaxed),
+            "writes_resent": sh.cluster_resent.load(Ordering::Relaxed),
         },
         "requests": {
             "lookup": sh.lookups.load(Ordering::Relaxed),

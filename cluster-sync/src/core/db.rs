@@ -9,7 +9,8 @@ pub enum CoreError {
     /// The node is not quorate (pmxcfs answers EACCES).
     NoQuorum,
     /// The request's message was lost to a membership change before it could be
-    /// applied anywhere; the caller may retry (EAGAIN).
+    /// applied anywhere, and it is too old to be sent again (`RESEND_WINDOW`); the
+    /// caller may retry (EAGAIN).
     Interrupted,
     /// The node is in error mode and accepts no writes (EIO).
     Failed,

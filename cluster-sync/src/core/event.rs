@@ -21,7 +21,11 @@ pub enum Event<O, E> {
         /// The message.
         msg: Message<O, E>,
     },
-    /// Quorum changed (from the quorum service).
+    /// Quorum changed (from the quorum service). It may come after the `ConfChg` of
+    /// the membership it belongs to, but the adapter must feed it before any message
+    /// delivered in that configuration: a member's State carries its quorum flag, and
+    /// a stale "quorate" would let a member cut off alone accept a term. corosync
+    /// queues the notification before the configuration can carry messages.
     Quorum(bool),
     /// A local caller wants `op` applied cluster-wide.
     LocalRequest {

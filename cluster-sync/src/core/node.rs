@@ -39,11 +39,14 @@
 //!   them differently from the members still installing and can lose an acknowledged
 //!   write if the configuration changes before those members commit.
 //! * On a configuration change the write queue is dropped on every member alike
-//!   (CPG delivered it to all of them), so nobody applied those ops; their writers get
-//!   `CoreError::Interrupted` (EAGAIN) instead of pmxcfs's re-send to joiners.
-//! * A writer whose message is lost (it delivers a later message of its own first:
-//!   CPG is FIFO per sender) fails that request with `Interrupted`; it is never
-//!   acknowledged and never applied.
+//!   (CPG delivered it to all of them), so nobody applied those ops. A writer whose
+//!   message is lost (it delivers a later message of its own first: CPG is FIFO per
+//!   sender) knows that nobody applied it either. Both kinds go back to the front of
+//!   the writer's waiting requests, with their original time, and are sent again once
+//!   the next round is over, so a membership change is invisible to the caller, as in
+//!   pmxcfs (which re-sends its queue to joiners instead). Only a request older than
+//!   [`RESEND_WINDOW`] when it is lost fails, with `CoreError::Interrupted` (EAGAIN):
+//!   pmxcfs would block that caller indefinitely.
 //! * The sync exchange runs for a single-member configuration too (two messages), so
 //!   the delivery of its own State tells a lone node which of its messages were lost.
 //! * Whether writes are applied is decided by the round (a term was accepted), not by
@@ -65,11 +68,31 @@ use super::types::{DbIndex, Epoch, Member, Mode, Term};
 type Msg<D> = Message<<D as Database>::Op, <D as Database>::Entry>;
 type Act<D> = Action<<D as Database>::Op, <D as Database>::Entry, <D as Database>::Error>;
 
+/// Seconds after its request within which a write lost to a membership change is sent
+/// again; an older one fails with `Interrupted`, so a caller never waits unboundedly.
+pub const RESEND_WINDOW: u32 = 30;
+
+/// Seconds a write made on a quorate member waits for a re-sync after a round that
+/// ended without a term (another member's State said "not quorate", e.g. quorum came
+/// back without a membership change) before it fails with `NoQuorum`.
+pub const TERMLESS_WAIT: u32 = 5;
+
 /// Whether an own write has been delivered (and queued) or is still on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flight {
     Sent,
     Queued,
+}
+
+/// An own write on the wire: the request it answers and what it takes to send it
+/// again if a membership change loses it.
+#[derive(Debug)]
+struct Own<Op> {
+    req: u64,
+    flight: Flight,
+    op: Op,
+    /// When the request was made (the message's time, kept across re-sends).
+    time: u32,
 }
 
 /// One member's State in the current round.
@@ -133,7 +156,9 @@ pub struct Node<D: Database> {
     /// were made.
     pending: VecDeque<(u64, D::Op, u32)>,
     /// Own writes multicast and not yet answered, by message seq.
-    inflight: BTreeMap<u64, (u64, Flight)>,
+    inflight: BTreeMap<u64, Own<D::Op>>,
+    /// Own writes sent again after a membership change lost them.
+    resent: u64,
 }
 
 impl<D: Database> Node<D> {
@@ -168,6 +193,7 @@ impl<D: Database> Node<D> {
             queue: Vec::new(),
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
+            resent: 0,
         }
     }
 
@@ -224,6 +250,11 @@ impl<D: Database> Node<D> {
     /// Requests not answered yet (queued locally or on the wire).
     pub fn unanswered(&self) -> usize {
         self.pending.len() + self.inflight.len()
+    }
+
+    /// Own writes a membership change lost and that were queued to be sent again.
+    pub fn resent(&self) -> u64 {
+        self.resent
     }
 
     /// Feed one event; returns the actions to carry out, in order.
@@ -289,6 +320,9 @@ impl<D: Database> Node<D> {
     /// member's State said otherwise and no confchg came since.
     fn on_tick(&mut self, now: u32, out: &mut Vec<Act<D>>) {
         self.now = now;
+        if self.all_synced && !self.accepted && !self.resync_sent {
+            self.expire_termless_waits(out);
+        }
         if !self.resync_due {
             return;
         }
@@ -328,16 +362,28 @@ impl<D: Database> Node<D> {
         }
     }
 
+    /// Fail the requests that waited longer than [`TERMLESS_WAIT`] for a re-sync after
+    /// a round without a term: nobody would apply them, and the round that would may
+    /// never come (a member that stays without quorum never re-syncs).
+    fn expire_termless_waits(&mut self, out: &mut Vec<Act<D>>) {
+        let now = self.now;
+        let (old, young): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, _, t)| now.saturating_sub(*t) > TERMLESS_WAIT);
+        self.pending = young;
+        for (req, ..) in old {
+            Self::reply(req, Err(D::core_error(CoreError::NoQuorum)), out);
+        }
+    }
+
     fn on_request(&mut self, req_id: u64, op: D::Op, out: &mut Vec<Act<D>>) {
         if self.mode == Mode::Error {
             Self::reply(req_id, Err(D::core_error(CoreError::Failed)), out);
-        } else if !self.quorate || (self.all_synced && !self.accepted && !self.resync_sent) {
-            // Without an accepted term nobody applies the write; fail it now rather
-            // than let it wait for a round that may never come.
+        } else if !self.quorate {
             Self::reply(req_id, Err(D::core_error(CoreError::NoQuorum)), out);
         } else if self.writable() {
-            let seq = self.send(Body::Normal { op }, out);
-            self.inflight.insert(seq, (req_id, Flight::Sent));
+            let now = self.now;
+            self.send_write(req_id, op, now, out);
         } else {
             self.pending.push_back((req_id, op, self.now));
         }
@@ -351,25 +397,54 @@ impl<D: Database> Node<D> {
         // lock release that waited out a sync must not look newer than a lock taken
         // meanwhile (the database refuses releases older than the lock).
         while let Some((req, op, time)) = self.pending.pop_front() {
-            let seq = self.send_at(Body::Normal { op }, time, out);
-            self.inflight.insert(seq, (req, Flight::Sent));
+            self.send_write(req, op, time, out);
         }
     }
 
-    /// Drop the write queue; own queued writes were applied nowhere, so fail them.
-    fn drop_queue(&mut self, out: &mut Vec<Act<D>>) {
-        for (from, msg) in std::mem::take(&mut self.queue) {
-            if from == self.me {
-                if let Some((req, _)) = self.inflight.remove(&msg.seq) {
-                    Self::reply(req, Err(D::core_error(CoreError::Interrupted)), out);
-                }
+    /// Multicast a write requested at `time`, keeping a copy to send it again if a
+    /// membership change loses it.
+    fn send_write(&mut self, req: u64, op: D::Op, time: u32, out: &mut Vec<Act<D>>) {
+        let seq = self.send_at(Body::Normal { op: op.clone() }, time, out);
+        let own = Own {
+            req,
+            flight: Flight::Sent,
+            op,
+            time,
+        };
+        self.inflight.insert(seq, own);
+    }
+
+    /// Own writes that nobody applied (`seqs` ascending): back to the front of the
+    /// waiting requests in their original order, or failed if they are too old.
+    fn requeue(&mut self, seqs: Vec<u64>, out: &mut Vec<Act<D>>) {
+        for seq in seqs.into_iter().rev() {
+            let Some(own) = self.inflight.remove(&seq) else {
+                continue;
+            };
+            if self.now.saturating_sub(own.time) > RESEND_WINDOW {
+                tracing::info!(me = %self.me, seq, "own write lost in a membership change, too old to send again");
+                Self::reply(own.req, Err(D::core_error(CoreError::Interrupted)), out);
+            } else {
+                tracing::info!(me = %self.me, seq, "own write lost in a membership change, sending it again");
+                self.resent += 1;
+                self.pending.push_front((own.req, own.op, own.time));
             }
         }
     }
 
+    /// Drop the write queue; nobody applied it, so own writes in it are sent again.
+    fn drop_queue(&mut self, out: &mut Vec<Act<D>>) {
+        let own: Vec<u64> = std::mem::take(&mut self.queue)
+            .into_iter()
+            .filter(|(from, _)| *from == self.me)
+            .map(|(_, msg)| msg.seq)
+            .collect();
+        self.requeue(own, out);
+    }
+
     fn fail_all(&mut self, kind: CoreError, out: &mut Vec<Act<D>>) {
-        for (_, (req, _)) in std::mem::take(&mut self.inflight) {
-            Self::reply(req, Err(D::core_error(kind)), out);
+        for (_, own) in std::mem::take(&mut self.inflight) {
+            Self::reply(own.req, Err(D::core_error(kind)), out);
         }
         for (req, ..) in self.pending.drain(..) {
             Self::reply(req, Err(D::core_error(kind)), out);
@@ -445,14 +520,12 @@ impl<D: Database> Node<D> {
             let lost: Vec<u64> = self
                 .inflight
                 .range(..msg.seq)
-                .filter(|(_, (_, f))| *f == Flight::Sent)
+                .filter(|(_, own)| own.flight == Flight::Sent)
                 .map(|(s, _)| *s)
                 .collect();
-            for s in lost {
-                if let Some((req, _)) = self.inflight.remove(&s) {
-                    tracing::info!(me = %self.me, seq = s, "own write lost in membership change");
-                    Self::reply(req, Err(D::core_error(CoreError::Interrupted)), out);
-                }
+            if !lost.is_empty() {
+                self.requeue(lost, out);
+                self.flush_pending(out);
             }
         }
         let Message { seq, time, body } = msg;
@@ -462,8 +535,8 @@ impl<D: Database> Node<D> {
                     self.apply_normal(from, seq, time, op, out);
                 } else {
                     if from == self.me {
-                        if let Some(f) = self.inflight.get_mut(&seq) {
-                            f.1 = Flight::Queued;
+                        if let Some(own) = self.inflight.get_mut(&seq) {
+                            own.flight = Flight::Queued;
                         }
                     }
                     self.queue.push((
@@ -740,10 +813,14 @@ impl<D: Database> Node<D> {
         }
         if self.writable() {
             self.flush_pending(out);
-        } else if !self.resync_sent {
+        } else if !self.quorate {
             for (req, ..) in self.pending.drain(..) {
                 Self::reply(req, Err(D::core_error(CoreError::NoQuorum)), out);
             }
+        } else if !self.accepted && !self.resync_sent {
+            // Quorate, but some State said otherwise: its sender re-syncs once its own
+            // quorum notification arrives. Requests wait for that round, a bounded time.
+            self.expire_termless_waits(out);
         }
     }
 
@@ -772,8 +849,8 @@ impl<D: Database> Node<D> {
             Err(D::core_error(CoreError::NoQuorum))
         };
         if from == self.me {
-            if let Some((req, _)) = self.inflight.remove(&seq) {
-                Self::reply(req, result, out);
+            if let Some(own) = self.inflight.remove(&seq) {
+                Self::reply(own.req, result, out);
             }
         }
     }
@@ -882,10 +959,12 @@ mod tests {
         assert_eq!(n.db().locks(), vec![("x".to_string(), 500)]);
     }
 
-    #[test]
-    fn lost_own_message_is_failed_once() {
+    /// A lone quorate member that has synced its first configuration, and a write it
+    /// sent at `now` that corosync lost; then the next configuration's messages.
+    fn lose_a_write(now: u32, later: u32) -> (Node<SimDb>, Vec<A>) {
         let me = Member::new(1, 10);
         let mut n = Node::new(me, SimDb::genesis());
+        n.handle(Event::Tick { now });
         n.handle(Event::Quorum(true));
         let acts = n.handle(Event::ConfChg {
             members: vec![me],
@@ -898,6 +977,7 @@ mod tests {
             op: mkdir(2),
         }));
         assert_eq!(write.len(), 1);
+        n.handle(Event::Tick { now: later });
         // The write is never delivered; a new configuration's own State reveals it.
         let acts = n.handle(Event::ConfChg {
             members: vec![me],
@@ -905,9 +985,70 @@ mod tests {
             joined: vec![],
         });
         let done = deliver_own(&mut n, sent(&acts));
+        (n, done)
+    }
+
+    #[test]
+    fn lost_own_message_is_sent_again_with_its_time_and_applied_once() {
+        let (n, done) = lose_a_write(500, 500 + RESEND_WINDOW);
+        assert_eq!(replies(&done), vec![(9, Ok(()))]);
+        assert_eq!(n.db().locks(), vec![("x".to_string(), 500)]);
+        assert_eq!(n.db().applied(), &[2]);
+        assert_eq!(n.resent(), 1);
+        assert_eq!(n.unanswered(), 0);
+    }
+
+    #[test]
+    fn lost_own_message_older_than_the_window_fails_once_unapplied() {
+        let (n, done) = lose_a_write(500, 501 + RESEND_WINDOW);
         assert_eq!(replies(&done), vec![(9, Err(SimErr::Again))]);
         assert!(n.db().locks().is_empty());
+        assert_eq!(n.resent(), 0);
         assert_eq!(n.unanswered(), 0);
+    }
+
+    #[test]
+    fn writes_queued_by_a_round_that_a_confchg_ends_are_sent_again_in_order() {
+        let me = Member::new(1, 10);
+        let other = Member::new(2, 20);
+        let mut n = Node::new(me, SimDb::genesis());
+        n.handle(Event::Tick { now: 700 });
+        n.handle(Event::Quorum(true));
+        let acts = n.handle(Event::ConfChg {
+            members: vec![me],
+            left: vec![],
+            joined: vec![me],
+        });
+        deliver_own(&mut n, sent(&acts));
+        let mut writes = Vec::new();
+        for (req, id) in [(1, 11), (2, 12)] {
+            writes.extend(sent(&n.handle(Event::LocalRequest {
+                req_id: req,
+                op: write(id, &format!("f{id}")),
+            })));
+        }
+        // A joiner arrives: both writes are delivered in the new configuration (FIFO:
+        // before its SyncStart) while its round runs, so they are queued; then another
+        // confchg drops that round and its queue.
+        let sync = sent(&n.handle(Event::ConfChg {
+            members: vec![me, other],
+            left: vec![],
+            joined: vec![other],
+        }));
+        for msg in writes.into_iter().chain(sync) {
+            let acts = n.handle(Event::Deliver { from: me, msg });
+            assert!(replies(&acts).is_empty(), "answered before the round ended");
+        }
+        let acts = n.handle(Event::ConfChg {
+            members: vec![me],
+            left: vec![other],
+            joined: vec![],
+        });
+        assert!(replies(&acts).is_empty(), "a dropped write was failed");
+        let done = deliver_own(&mut n, sent(&acts));
+        assert_eq!(replies(&done), vec![(1, Ok(())), (2, Ok(()))]);
+        assert_eq!(n.db().applied(), &[11, 12]);
+        assert_eq!(n.resent(), 2);
     }
 
     /// A tiny CPG for one configuration: one log in total order, delivered to every
@@ -1148,9 +1289,14 @@ mod tests {
             .nodes
             .iter()
             .all(|n| n.all_synced() && n.accepted_term().is_none()));
-        // Meanwhile writes are refused rather than left waiting.
+        // Meanwhile a write on a quorate member waits for the re-sync instead of
+        // failing with EACCES on a node that says it is quorate.
         cfg.request(0, 1, write(1, "a/f"));
-        assert_eq!(cfg.replies, vec![(0, 1, Err(SimErr::Access))]);
+        assert!(cfg.replies.is_empty());
+        assert!(
+            cfg.kinds().iter().all(|k| *k != "normal"),
+            "sent without a term"
+        );
         cfg.feed(1, Event::Quorum(true));
         // The re-sync waits for a tick, so that a confchg arriving with the quorum
         // change (the usual case) makes it unnecessary.
@@ -1159,9 +1305,41 @@ mod tests {
         assert_eq!(cfg.kinds().last(), Some(&"sync-start"));
         cfg.settle();
         assert!(cfg.nodes.iter().all(|n| n.writable()));
-        cfg.request(0, 2, write(2, "a/f"));
+        assert_eq!(cfg.replies, vec![(0, 1, Ok(()))]);
+        cfg.request(0, 2, write(2, "a/g"));
         cfg.settle();
         assert_eq!(cfg.replies.last(), Some(&(0, 2, Ok(()))));
+        for n in &cfg.nodes {
+            assert_eq!(n.db().applied(), &[1, 2]);
+        }
+    }
+
+    /// If the member that said "not quorate" never gains quorum, a write waiting on a
+    /// quorate member fails with EACCES after `TERMLESS_WAIT`, applied nowhere.
+    #[test]
+    fn a_write_waiting_for_a_re_sync_that_never_comes_fails_in_bounded_time() {
+        let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        cfg.feed(1, Event::Quorum(false));
+        cfg.settle();
+        cfg.request(0, 1, write(1, "a/f"));
+        cfg.feed(
+            0,
+            Event::Tick {
+                now: 1000 + TERMLESS_WAIT,
+            },
+        );
+        assert!(cfg.replies.is_empty(), "failed before the wait was over");
+        cfg.feed(
+            0,
+            Event::Tick {
+                now: 1001 + TERMLESS_WAIT,
+            },
+        );
+        assert_eq!(cfg.replies, vec![(0, 1, Err(SimErr::Access))]);
+        cfg.settle();
+        assert!(cfg.nodes.iter().all(|n| n.db().applied().is_empty()));
+        assert_eq!(cfg.nodes[0].unanswered(), 0);
     }
 
     /// A confchg right after the quorum change cancels the pending re-sync: its own

@@ -19,6 +19,12 @@ pub struct SimConfig {
     pub crashes: bool,
     /// Trace lines kept in a [`Failure`].
     pub trace_lines: usize,
+    /// Whether a quorum notification may come after its confchg, with requests and
+    /// ticks in between (corosync activates CPG's sync, which sends the confchg, before
+    /// votequorum's, which sends the notification); it always comes before the next
+    /// delivery, as the adapter guarantees. Off keeps the older seeds replaying the
+    /// schedules that found their bugs.
+    pub late_quorum: bool,
 }
 
 impl Default for SimConfig {
@@ -29,6 +35,7 @@ impl Default for SimConfig {
             clients_per_node: 2,
             crashes: true,
             trace_lines: 120,
+            late_quorum: false,
         }
     }
 }
@@ -40,8 +47,11 @@ pub struct Report {
     pub nodes: usize,
     /// Requests answered OK.
     pub acked: usize,
-    /// Requests answered EAGAIN (lost to a membership change).
+    /// Requests answered EAGAIN (lost to a membership change longer ago than the
+    /// core's re-send window after they were made).
     pub interrupted: usize,
+    /// Writes a membership change lost that the writer's core sent again.
+    pub resent: u64,
     /// Requests answered EACCES (no quorum).
     pub no_quorum: usize,
     /// Lock acquisitions acknowledged and used.
@@ -115,6 +125,8 @@ struct SimNode {
     current: Option<usize>,
     view: Vec<Member>,
     group: usize,
+    /// A quorum notification not delivered yet (`late_quorum`).
+    late_quorum: Option<bool>,
 }
 
 impl SimNode {
@@ -155,6 +167,8 @@ struct World {
     /// Ops a majority of nodes held at the same time.
     durable: BTreeSet<u64>,
     report: Report,
+    /// [`SimConfig::late_quorum`].
+    late_quorum: bool,
 }
 
 /// Hash of the tree an index describes (not its term label, which members holding the
@@ -197,6 +211,7 @@ impl World {
                 current: None,
                 view: Vec::new(),
                 group: 0,
+                late_quorum: None,
             })
             .collect();
         let clients = (0..n * cfg.clients_per_node)
@@ -227,6 +242,7 @@ impl World {
                 nodes: n,
                 ..Report::default()
             },
+            late_quorum: cfg.late_quorum,
         }
     }
 
@@ -569,7 +585,13 @@ impl World {
         nd.view = members.clone();
         self.log(format!("n{} enters cfg {to}", i + 1));
         let q = self.cfgs[to].quorate;
-        self.feed(i, Event::Quorum(q))?;
+        if self.late_quorum && self.rng.percent(30) {
+            self.log(format!("n{} quorum={q} notification delayed", i + 1));
+            self.nodes[i].late_quorum = Some(q);
+        } else {
+            self.nodes[i].late_quorum = None;
+            self.feed(i, Event::Quorum(q))?;
+        }
         self.feed(
             i,
             Event::ConfChg {
@@ -580,7 +602,19 @@ impl World {
         )
     }
 
+    /// Whether node `i` has a delivery, a transition or a late notification due.
+    fn has_work(&self, i: usize) -> bool {
+        self.next_of(i).is_some() || (self.alive(i) && self.nodes[i].late_quorum.is_some())
+    }
+
     fn run_node(&mut self, i: usize) -> R<bool> {
+        // Late, but before the node's next delivery: corosync queues the notification
+        // when its quorum service activates, before the configuration can carry any
+        // message, and the adapter drains it before feeding a delivered message.
+        if let Some(q) = self.nodes[i].late_quorum.take() {
+            self.log(format!("n{} late quorum={q}", i + 1));
+            return self.feed(i, Event::Quorum(q)).map(|_| true);
+        }
         match self.next_of(i) {
             Some(Next::Deliver) => self.deliver(i).map(|_| true),
             Some(Next::Transition(to)) => self.transition(i, to).map(|_| true),
@@ -675,6 +709,7 @@ impl World {
         let core = self.nodes[i].core.take().expect("alive");
         self.log(format!("n{} CRASH (mode {:?})", i + 1, core.mode()));
         self.report.crashes += 1;
+        self.report.resent += core.resent();
         let nd = &mut self.nodes[i];
         nd.stored = Some(core.into_db());
         nd.cfg = None;
@@ -682,6 +717,7 @@ impl World {
         nd.join = None;
         nd.current = None;
         nd.view.clear();
+        nd.late_quorum = None;
         for c in self.clients.iter_mut().filter(|c| c.node == i) {
             c.busy = None;
             c.locks.clear();
@@ -720,7 +756,7 @@ impl World {
     }
 
     fn step_once(&mut self, crashes: bool) -> R<()> {
-        let ready: Vec<usize> = (0..self.n).filter(|&i| self.next_of(i).is_some()).collect();
+        let ready: Vec<usize> = (0..self.n).filter(|&i| self.has_work(i)).collect();
         let dead: Vec<usize> = (0..self.n).filter(|&i| !self.alive(i)).collect();
         let roll = self.rng.below(1000);
         match roll {
@@ -756,9 +792,20 @@ impl World {
         }
         self.heal();
         let mut budget = 1_000_000;
+        let mut idle_ticks = 0;
         loop {
-            let ready: Vec<usize> = (0..self.n).filter(|&i| self.next_of(i).is_some()).collect();
+            let ready: Vec<usize> = (0..self.n).filter(|&i| self.has_work(i)).collect();
             if ready.is_empty() {
+                // A member that gained quorum after its State re-syncs on a tick.
+                if self.late_quorum && idle_ticks < 3 {
+                    idle_ticks += 1;
+                    self.now += 1;
+                    let now = self.now;
+                    for i in 0..self.n {
+                        self.feed(i, Event::Tick { now })?;
+                    }
+                    continue;
+                }
                 break;
             }
             budget -= 1;
@@ -783,6 +830,7 @@ impl World {
                     core.all_synced()
                 ));
             }
+            self.report.resent += core.resent();
             let idx = core.db().index();
             match &want {
                 None => want = Some(idx),

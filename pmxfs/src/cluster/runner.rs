@@ -122,7 +122,11 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
                waiting: &mut Waiting,
                ev: Event<Op, crate::memdb::Row>|
      -> Result<()> {
-        for a in node.handle(ev) {
+        let resent = node.resent();
+        let actions = node.handle(ev);
+        sh.cluster_resent
+            .fetch_add(node.resent() - resent, Ordering::Relaxed);
+        for a in actions {
             match a {
                 Action::Multicast(msg) => {
                     sh.cluster_sent.fetch_add(1, Ordering::Relaxed);
@@ -155,21 +159,15 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
                 let mut g = g?;
                 let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
                 g.clear_ready();
+                quorum_events(sh, &quorum, &mut node, &mut waiting, &run)?;
                 for e in events {
                     cpg_event(sh, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
                 }
             }
             g = q_fd.readable() => {
                 let mut g = g?;
-                let events = quorum.dispatch(Dispatch::All).context("quorum_dispatch")?;
                 g.clear_ready();
-                for e in events {
-                    if let QuorumEvent::Quorum { quorate, .. } = e {
-                        tracing::info!(quorate, "quorum changed");
-                        sh.status.set_quorate(quorate);
-                        run(&mut node, &mut waiting, Event::Quorum(quorate))?;
-                    }
-                }
+                quorum_events(sh, &quorum, &mut node, &mut waiting, &run)?;
             }
             r = rx.recv() => {
                 let Some((op, reply)) = r else { return Ok(()) };
@@ -179,7 +177,9 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
             }
             _ = tick.tick() => {
                 // Also drains anything an edge-triggered wakeup might have left behind.
-                for e in cpg.dispatch(Dispatch::All).context("cpg_dispatch")? {
+                let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
+                quorum_events(sh, &quorum, &mut node, &mut waiting, &run)?;
+                for e in events {
                     cpg_event(sh, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
                 }
                 run(&mut node, &mut waiting, Event::Tick { now: now() })?;
@@ -189,6 +189,34 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
 }
 
 type Waiting = HashMap<u64, SyncSender<Result<(), Errno>>>;
+
+/// Feed every queued quorum notification to the core, whether or not its descriptor
+/// was reported readable yet.
+///
+/// Called after reading a batch of CPG callbacks and before feeding them: corosync
+/// sends the confchg when CPG's part of its sync activates and the quorum notification
+/// when votequorum's does, later, and accepts no CPG message until the sync is over.
+/// So the notification for a configuration is queued before any message of it can be
+/// read, and draining here means the core's State for a round carries that
+/// configuration's quorum, never the previous one's. A stale "quorate" in the State
+/// of a node cut off alone would let it accept a term and apply writes without quorum;
+/// a stale "not quorate" leaves the round without a term.
+fn quorum_events(
+    sh: &Shared,
+    quorum: &Quorum,
+    node: &mut Node<ClusterDb>,
+    waiting: &mut Waiting,
+    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, crate::memdb::Row>) -> Result<()>,
+) -> Result<()> {
+    for e in quorum.dispatch(Dispatch::All).context("quorum_dispatch")? {
+        if let QuorumEvent::Quorum { quorate, .. } = e {
+            tracing::info!(quorate, "quorum changed");
+            sh.status.set_quorate(quorate);
+            run(node, waiting, Event::Quorum(quorate))?;
+        }
+    }
+    Ok(())
+}
 
 /// Feed one CPG callback to the core (every path that dispatches CPG goes through here,
 /// so no configuration change can be dropped).

@@ -99,6 +99,8 @@ pub struct Shared {
     pub cluster_sent: AtomicU64,
     /// Cluster messages delivered to this node.
     pub cluster_delivered: AtomicU64,
+    /// Own writes a membership change lost that were sent again.
+    pub cluster_resent: AtomicU64,
     /// The transport carrying requests ("io_uring, N queues" or "/dev/fuse").
     pub transport: OnceLock<String>,
     /// Requests served through the io_uring queues.
@@ -130,6 +132,7 @@ impl Shared {
             getattrs: AtomicU64::new(0),
             cluster_sent: AtomicU64::new(0),
             cluster_delivered: AtomicU64::new(0),
+            cluster_resent: AtomicU64::new(0),
             transport: OnceLock::new(),
             ring_requests: AtomicU64::new(0),
         })
