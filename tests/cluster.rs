@@ -211,13 +211,22 @@ fn partition(c: &Cluster) {
             assert_eq!(got, format!("{i}"), "n3: steady-{f}");
         }
     }
-    let resent: u64 = (1..=3)
-        .map(|k| {
-            c.status(k)["cluster_messages"]["writes_resent"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let count = |key: &str| -> u64 {
+        (1..=3)
+            .map(|k| c.status(k)["cluster_messages"][key].as_u64().unwrap())
+            .sum()
+    };
+    // A node's State must carry its new membership's quorum (the runner reads quorum
+    // notifications before delivered messages). When it did not, n3 rejoined with a
+    // stale "not quorate", the round got no term and had to be restarted (2 of 5
+    // heals before the fix; writes on n1 and n2 failed with EACCES meanwhile).
+    assert_eq!(
+        count("quorum_resyncs"),
+        0,
+        "a round after the cut or the heal ran on a stale quorum flag\n{}",
+        c.logs()
+    );
+    let resent = count("writes_resent");
     eprintln!(
         "partition: lost quorum after {lost:?}, converged {back:?} after heal; {} steady writes, {resent} re-sent after membership changes",
         acked.len()

@@ -112,6 +112,7 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
             "sent": sh.cluster_sent.load(Ordering::Relaxed),
             "delivered": sh.cluster_delivered.load(Ordering::Relaxed),
             "writes_resent": sh.cluster_resent.load(Ordering::Relaxed),
+            "quorum_resyncs": sh.cluster_resyncs.load(Ordering::Relaxed),
         },
         "requests": {
             "lookup": sh.lookups.load(Ordering::Relaxed),

@@ -159,6 +159,9 @@ pub struct Node<D: Database> {
     inflight: BTreeMap<u64, Own<D::Op>>,
     /// Own writes sent again after a membership change lost them.
     resent: u64,
+    /// Rounds this member started because it gained quorum after its State said
+    /// otherwise.
+    resyncs: u64,
 }
 
 impl<D: Database> Node<D> {
@@ -194,6 +197,7 @@ impl<D: Database> Node<D> {
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
             resent: 0,
+            resyncs: 0,
         }
     }
 
@@ -255,6 +259,12 @@ impl<D: Database> Node<D> {
     /// Own writes a membership change lost and that were queued to be sent again.
     pub fn resent(&self) -> u64 {
         self.resent
+    }
+
+    /// Rounds this member restarted because its quorum notification came after its
+    /// State (the configuration had no term in between, so writes waited).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
     }
 
     /// Feed one event; returns the actions to carry out, in order.
@@ -342,6 +352,7 @@ impl<D: Database> Node<D> {
         self.resync_due = false;
         // Every member follows the last SyncStart delivered, whoever sent it.
         self.resync_sent = true;
+        self.resyncs += 1;
         let epoch = self.next_epoch();
         tracing::info!(me = %self.me, %epoch, "quorate now: re-syncing to pick a term");
         let term = self.proposal();
@@ -1282,7 +1293,8 @@ mod tests {
     fn late_quorum_re_syncs_to_pick_a_term() {
         let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
         let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
-        // n2's quorum notification had not arrived when the confchg did.
+        // n2 was not quorate when it sent its State: its quorum notification came
+        // late, or quorum came back without a membership change.
         cfg.feed(1, Event::Quorum(false));
         cfg.settle();
         assert!(cfg
@@ -1306,6 +1318,8 @@ mod tests {
         cfg.settle();
         assert!(cfg.nodes.iter().all(|n| n.writable()));
         assert_eq!(cfg.replies, vec![(0, 1, Ok(()))]);
+        let resyncs: Vec<u64> = cfg.nodes.iter().map(|n| n.resyncs()).collect();
+        assert_eq!(resyncs, vec![0, 1, 0]);
         cfg.request(0, 2, write(2, "a/g"));
         cfg.settle();
         assert_eq!(cfg.replies.last(), Some(&(0, 2, Ok(()))));

@@ -122,10 +122,12 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
                waiting: &mut Waiting,
                ev: Event<Op, crate::memdb::Row>|
      -> Result<()> {
-        let resent = node.resent();
+        let (resent, resyncs) = (node.resent(), node.resyncs());
         let actions = node.handle(ev);
         sh.cluster_resent
             .fetch_add(node.resent() - resent, Ordering::Relaxed);
+        sh.cluster_resyncs
+            .fetch_add(node.resyncs() - resyncs, Ordering::Relaxed);
         for a in actions {
             match a {
                 Action::Multicast(msg) => {

@@ -101,6 +101,8 @@ pub struct Shared {
     pub cluster_delivered: AtomicU64,
     /// Own writes a membership change lost that were sent again.
     pub cluster_resent: AtomicU64,
+    /// Sync rounds restarted because quorum was known only after this node's State.
+    pub cluster_resyncs: AtomicU64,
     /// The transport carrying requests ("io_uring, N queues" or "/dev/fuse").
     pub transport: OnceLock<String>,
     /// Requests served through the io_uring queues.
@@ -133,6 +135,7 @@ impl Shared {
             cluster_sent: AtomicU64::new(0),
             cluster_delivered: AtomicU64::new(0),
             cluster_resent: AtomicU64::new(0),
+            cluster_resyncs: AtomicU64::new(0),
             transport: OnceLock::new(),
             ring_requests: AtomicU64::new(0),
         })
