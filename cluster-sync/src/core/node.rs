@@ -970,10 +970,8 @@ mod tests {
         assert_eq!(n.db().locks(), vec![("x".to_string(), 500)]);
     }
 
-    /// A lone quorate member that has synced its first configuration, and a write it
-    /// sent at `now` that corosync lost; then the next configuration's messages.
-    fn lose_a_write(now: u32, later: u32) -> (Node<SimDb>, Vec<A>) {
-        let me = Member::new(1, 10);
+    /// A quorate member at `now` that has synced its first configuration, alone.
+    fn synced_alone(me: Member, now: u32) -> Node<SimDb> {
         let mut n = Node::new(me, SimDb::genesis());
         n.handle(Event::Tick { now });
         n.handle(Event::Quorum(true));
@@ -983,6 +981,15 @@ mod tests {
             joined: vec![me],
         });
         deliver_own(&mut n, sent(&acts));
+        assert!(n.writable());
+        n
+    }
+
+    /// A lone quorate member that has synced its first configuration, and a write it
+    /// sent at `now` that corosync lost; then the next configuration's messages.
+    fn lose_a_write(now: u32, later: u32) -> (Node<SimDb>, Vec<A>) {
+        let me = Member::new(1, 10);
+        let mut n = synced_alone(me, now);
         let write = sent(&n.handle(Event::LocalRequest {
             req_id: 9,
             op: mkdir(2),
@@ -1022,15 +1029,7 @@ mod tests {
     fn writes_queued_by_a_round_that_a_confchg_ends_are_sent_again_in_order() {
         let me = Member::new(1, 10);
         let other = Member::new(2, 20);
-        let mut n = Node::new(me, SimDb::genesis());
-        n.handle(Event::Tick { now: 700 });
-        n.handle(Event::Quorum(true));
-        let acts = n.handle(Event::ConfChg {
-            members: vec![me],
-            left: vec![],
-            joined: vec![me],
-        });
-        deliver_own(&mut n, sent(&acts));
+        let mut n = synced_alone(me, 700);
         let mut writes = Vec::new();
         for (req, id) in [(1, 11), (2, 12)] {
             writes.extend(sent(&n.handle(Event::LocalRequest {
