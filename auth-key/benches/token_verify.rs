@@ -13,7 +13,7 @@ use auth_key::keys;
 use auth_key::ticket::{self, KeyAt, VerifyContext};
 use auth_key::token_cache::{TokenCache, VerifyPath};
 use auth_key::token_shadow::{Authid, ShadowFile, TOKEN_SHADOW};
-use pmxfs::version_shm::VersionShmWriter;
+use pmxfs_client::versions::VersionShmWriter;
 
 /// Run `f` on `threads` threads until `dur` has passed; operations per second.
 fn rate(threads: usize, dur: Duration, f: impl Fn() + Sync) -> f64 {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pmxfs::version_shm::{self, VersionShmReader};
+use pmxfs_client::versions::{self, VersionShmReader};
 
 use crate::token_shadow::TOKEN_SHADOW;
 
@@ -52,7 +52,7 @@ impl ShmGeneration {
 
     /// Use an already opened reader.
     pub fn from_reader(reader: VersionShmReader) -> io::Result<Self> {
-        let slot = version_shm::slot_of(TOKEN_SHADOW)
+        let slot = versions::slot_of(TOKEN_SHADOW)
             .ok_or_else(|| io::Error::other("priv/token.shadow is not a tracked path"))?;
         if slot >= reader.slot_count() {
             // An older daemon that does not maintain this slot: it would never move.
@@ -214,7 +214,7 @@ pub fn select(base: &Path, ttl: Duration) -> Box<dyn GenerationSource> {
     if !is_fuse(base) {
         return fallback("not a FUSE mount".into());
     }
-    match ShmGeneration::open(&version_shm::shm_path_for_mount(base)) {
+    match ShmGeneration::open(&versions::shm_path_for_mount(base)) {
         Ok(g) => Box::new(g),
         Err(e) => fallback(e.to_string()),
     }
@@ -229,13 +229,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token.shadow");
         std::fs::write(&path, b"{\"a\":\"1\"}").unwrap();
-        pmxfs::cfs_lock::set_mtime(&path, 1_000_000).unwrap();
+        pmxfs_client::cfs_lock::set_mtime(&path, 1_000_000).unwrap();
         let g = FileStatGeneration::new(&path, Duration::from_millis(30));
         let g0 = g.current().unwrap();
         // Within the TTL nothing is re-checked.
         let tmp = dir.path().join("tmp");
         std::fs::write(&tmp, b"{\"a\":\"2\"}").unwrap();
-        pmxfs::cfs_lock::set_mtime(&tmp, 1_000_000).unwrap();
+        pmxfs_client::cfs_lock::set_mtime(&tmp, 1_000_000).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         assert_eq!(g.current(), Some(g0));
         std::thread::sleep(Duration::from_millis(40));
@@ -244,7 +244,7 @@ mod tests {
         // In-place edit, same size, mtime reset: ctime still moves.
         std::thread::sleep(Duration::from_millis(40));
         std::fs::write(&path, b"{\"a\":\"3\"}").unwrap();
-        pmxfs::cfs_lock::set_mtime(&path, 1_000_000).unwrap();
+        pmxfs_client::cfs_lock::set_mtime(&path, 1_000_000).unwrap();
         std::thread::sleep(Duration::from_millis(40));
         assert_ne!(g.current().unwrap(), g1);
         // Unchanged file: stable generation across TTL expiries.
@@ -263,7 +263,7 @@ mod tests {
         assert!(s.describe().starts_with("file stat"), "{}", s.describe());
         // A real version file gives a coherent source.
         let shm = dir.path().join("v.versions");
-        let w = version_shm::VersionShmWriter::open_or_create(&shm).unwrap();
+        let w = versions::VersionShmWriter::open_or_create(&shm).unwrap();
         let g = ShmGeneration::open(&shm).unwrap();
         let g0 = g.current().unwrap();
         w.bump("priv/token.shadow");

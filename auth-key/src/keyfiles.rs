@@ -333,7 +333,7 @@ mod tests {
     use std::time::Duration;
 
     fn set_mtime(path: &Path, secs: i64) {
-        pmxfs::cfs_lock::set_mtime(path, secs).unwrap();
+        pmxfs_client::cfs_lock::set_mtime(path, secs).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pmxfs::CfsLockError;
+use pmxfs_client::CfsLockError;
 
 use crate::keyfiles::{now_secs, KeyFileError, KeyKind, KeyStore};
 use crate::keys::{self, KeyError};
@@ -222,7 +222,7 @@ pub fn rotate(
     }
     let base = store.base();
     crate::keyfiles::ensure_priv_dir(base).map_err(|e| KeyFileError::io(&base.join("priv"), e))?;
-    pmxfs::cfs_lock(base, LOCK_NAME, opts.lock_timeout, || {
+    pmxfs_client::cfs_lock(base, LOCK_NAME, opts.lock_timeout, || {
         if sequence == Sequence::Fixed {
             store.drop_cache();
             // Open, read, close: refreshes the kernel's view of the file's attributes.
@@ -354,7 +354,7 @@ mod tests {
     }
 
     fn set_mtime(store: &KeyStore, kind: KeyKind, t: i64) {
-        pmxfs::cfs_lock::set_mtime(&store.path(kind), t).unwrap();
+        pmxfs_client::cfs_lock::set_mtime(&store.path(kind), t).unwrap();
     }
 
     #[test]

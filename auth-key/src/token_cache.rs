@@ -504,7 +504,7 @@ mod tests {
     fn shm_source_end_to_end() {
         let dir = tempfile::tempdir().unwrap();
         let shm = dir.path().join("run/test.versions");
-        let w = pmxfs::version_shm::VersionShmWriter::open_or_create(&shm).unwrap();
+        let w = pmxfs_client::versions::VersionShmWriter::open_or_create(&shm).unwrap();
         let src = crate::generation::ShmGeneration::open(&shm).unwrap();
         let base = dir.path().join("pve");
         std::fs::create_dir_all(&base).unwrap();
@@ -518,7 +518,7 @@ mod tests {
         let path = ShadowFile::new(&base).path();
         let meta = std::fs::metadata(&path).unwrap();
         let s2 = ShadowFile::new(&base).generate_and_set(&t).unwrap();
-        pmxfs::cfs_lock::set_mtime(&path, {
+        pmxfs_client::cfs_lock::set_mtime(&path, {
             use std::os::unix::fs::MetadataExt;
             meta.mtime()
         })

@@ -212,7 +212,7 @@ pub enum TokenError {
     NoQuorum,
     /// The cluster lock could not be taken.
     #[error(transparent)]
-    Lock(pmxfs::CfsLockError),
+    Lock(pmxfs_client::CfsLockError),
     /// Other I/O errors.
     #[error("{}: {source}", path.display())]
     Io {
@@ -236,10 +236,10 @@ impl TokenError {
     }
 }
 
-impl From<pmxfs::CfsLockError> for TokenError {
-    fn from(e: pmxfs::CfsLockError) -> Self {
+impl From<pmxfs_client::CfsLockError> for TokenError {
+    fn from(e: pmxfs_client::CfsLockError) -> Self {
         match e {
-            pmxfs::CfsLockError::NoQuorum(_) => TokenError::NoQuorum,
+            pmxfs_client::CfsLockError::NoQuorum(_) => TokenError::NoQuorum,
             e => TokenError::Lock(e),
         }
     }
@@ -350,7 +350,7 @@ impl ShadowFile {
     fn mutate<R>(&self, f: impl FnOnce(&mut TokenShadow) -> R) -> Result<R, TokenError> {
         crate::keyfiles::ensure_priv_dir(&self.base)
             .map_err(|e| TokenError::io(&self.base.join("priv"), e))?;
-        pmxfs::cfs_lock(&self.base, LOCK_NAME, self.lock_timeout, || {
+        pmxfs_client::cfs_lock(&self.base, LOCK_NAME, self.lock_timeout, || {
             let mut shadow = self.read()?;
             let r = f(&mut shadow);
             let path = self.path();

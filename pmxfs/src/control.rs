@@ -11,15 +11,14 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::fs::{Origin, Shared};
-use crate::memdb::Op;
-use crate::version_shm;
+use memdb::Op;
 
 /// Node id used for operations injected through the debug hook.
 pub const DEBUG_REMOTE_WRITER: u32 = 99;
 
 /// Socket path for the pmxfs mounted at `mount`.
 pub fn socket_path(mount: &Path) -> PathBuf {
-    version_shm::run_dir().join(format!("{}.sock", version_shm::escape_mount_path(mount)))
+    pmxfs_client::run_dir::control_socket(mount)
 }
 
 /// Static facts the status reply includes.
@@ -101,7 +100,7 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "inodes": db.entry_count(),
         "bytes": db.bytes(),
         "db_backlog": db.backlog(),
-        "held_locks": db.held_locks(crate::memdb::store::now_secs()),
+        "held_locks": db.held_locks(crate::clock::now_secs()),
         "mount": info.mount,
         "db": info.db,
         "coherence": sh.policy.enabled,

@@ -14,11 +14,12 @@ use crate::coherence::{Policy, Ttls};
 use crate::control;
 use crate::fs::adapter::{FuserFs, MAX_WRITE};
 use crate::fs::{PmxFs, Shared};
-use crate::memdb::{Deferral, Limits, LoggedStore, MemDb, Op, SyncMode};
 use crate::notify::Invalidator;
 use crate::status::{Mode, Status};
 use crate::uring::{self, Negotiation, Transport};
-use crate::version_shm::{self, VersionShmWriter};
+use memdb::{Limits, MemDb, Op};
+use pmxfs_client::versions::VersionShmWriter;
+use storage::{Deferral, LoggedStore, SyncMode};
 
 /// Everything the daemon is started with.
 #[derive(Debug, Clone)]
@@ -186,7 +187,7 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     };
     let status = Arc::new(Status::new(opts.nodename.clone(), mode));
     status.record_reload();
-    let shm_path = version_shm::shm_path_for_mount(&mount);
+    let shm_path = pmxfs_client::versions::shm_path_for_mount(&mount);
     let shm = match VersionShmWriter::open_or_create(&shm_path) {
         Ok(w) => Some(w),
         Err(e) => {

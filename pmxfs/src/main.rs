@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use memdb::Limits;
 use pmxfs::coherence::Ttls;
 use pmxfs::daemon::{self, DaemonOpts};
-use pmxfs::memdb::{Limits, SyncMode};
 use pmxfs::{CfsLockError, CfsLockGuard};
+use storage::SyncMode;
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +98,7 @@ struct DaemonArgs {
     #[arg(long, value_enum, default_value = "on")]
     coherence: OnOff,
     /// Seconds after its last refresh at which a cluster lock expires.
-    #[arg(long, default_value_t = pmxfs::locks::DEFAULT_LOCK_TIMEOUT)]
+    #[arg(long, default_value_t = memdb::locks::DEFAULT_LOCK_TIMEOUT)]
     lock_timeout: u32,
     /// Maximum number of entries (ENOSPC beyond).
     #[arg(long, default_value_t = Limits::default().max_inodes)]

@@ -7,53 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// The paths whose change counters `.version` publishes, in pmxcfs's order
-/// (pve-cluster `status.c:memdb_change_array`; Perl's `$observed` must match it).
-pub const OBSERVED_PATHS: &[&str] = &[
-    "corosync.conf",
-    "corosync.conf.new",
-    "storage.cfg",
-    "user.cfg",
-    "domains.cfg",
-    "notifications.cfg",
-    "priv/notifications.cfg",
-    "priv/shadow.cfg",
-    "priv/acme/plugins.cfg",
-    "priv/tfa.cfg",
-    "priv/token.cfg",
-    "priv/wg-keys.cfg",
-    "datacenter.cfg",
-    "vzdump.cron",
-    "vzdump.conf",
-    "jobs.cfg",
-    "ha/crm_commands",
-    "ha/manager_status",
-    "ha/resources.cfg",
-    "ha/rules.cfg",
-    "ha/groups.cfg",
-    "ha/fence.cfg",
-    "status.cfg",
-    "replication.cfg",
-    "ceph.conf",
-    "sdn/vnets.cfg",
-    "sdn/zones.cfg",
-    "sdn/controllers.cfg",
-    "sdn/subnets.cfg",
-    "sdn/ipams.cfg",
-    "sdn/mac-cache.json",
-    "sdn/pve-ipam-state.json",
-    "sdn/dns.cfg",
-    "sdn/fabrics.cfg",
-    "sdn/route-maps.cfg",
-    "sdn/prefix-lists.cfg",
-    "sdn/.running-config",
-    "virtual-guest/cpu-models.conf",
-    "virtual-guest/profiles.cfg",
-    "firewall/cluster.fw",
-    "mapping/directory.cfg",
-    "mapping/pci.cfg",
-    "mapping/usb.cfg",
-];
+pub use pmxfs_client::observed::OBSERVED_PATHS;
 
 /// Local (pmxcfs `-l`) or clustered operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

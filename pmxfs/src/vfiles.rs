@@ -2,8 +2,8 @@
 //! `.members`, `.vmlist`, `.clusterlog`) and the node symlinks (`local`, `qemu-server`,
 //! `lxc`, `openvz`). They shadow database entries of the same name, as pmxcfs's plugs do.
 
-use crate::memdb::MemDb;
 use crate::status::{json_str, Status};
+use memdb::MemDb;
 
 /// FUSE inode numbers at and above this are virtual; database inodes stay far below.
 pub const VIRT_BASE: u64 = 1 << 62;
@@ -87,7 +87,7 @@ pub fn vmlist_json(db: &MemDb) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memdb::{Limits, NullStore, Op, OpCtx};
+    use memdb::{Limits, NullStore, Op, OpCtx};
 
     #[test]
     fn vmlist_parses_as_json() {

@@ -8,7 +8,7 @@ use cluster_sync::core::{CoreError, Database, DbIndex, NodeId};
 use nix::errno::Errno;
 
 use crate::fs::{Origin, Shared};
-use crate::memdb::{Op, Row};
+use memdb::{Op, Row};
 
 /// memdb as a [`Database`].
 pub struct ClusterDb {

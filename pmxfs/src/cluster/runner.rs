@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cluster_sync::core::{Action, Event, Member, Node};
-use cluster_sync::corosync::{Cmap, Cpg, CpgAddress, CpgEvent, Dispatch, Quorum, QuorumEvent};
 use cluster_sync::wire;
+use corosync_sys::{Cmap, Cpg, CpgAddress, CpgEvent, Dispatch, Quorum, QuorumEvent};
 use nix::errno::Errno;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -22,8 +22,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use super::codec::MemdbCodec;
 use super::db::ClusterDb;
 use crate::fs::{Replicator, Shared};
-use crate::memdb::Op;
 use crate::status::Member as StatusMember;
+use memdb::Op;
 
 /// CPG group of pmxfs nodes (not pmxcfs's `pve_dcdb_v1`: the encoding differs).
 pub const GROUP: &str = "pmxfs_dcdb_v2";
@@ -92,7 +92,7 @@ async fn supervise(sh: Arc<Shared>, mut rx: UnboundedReceiver<Request>) {
 }
 
 fn now() -> u32 {
-    crate::memdb::store::now_secs()
+    crate::clock::now_secs()
 }
 
 fn member(a: &CpgAddress) -> Member {
@@ -120,7 +120,7 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
     let mut next_req = 0u64;
     let run = |node: &mut Node<ClusterDb>,
                waiting: &mut Waiting,
-               ev: Event<Op, crate::memdb::Row>|
+               ev: Event<Op, memdb::Row>|
      -> Result<()> {
         let (resent, resyncs) = (node.resent(), node.resyncs());
         let actions = node.handle(ev);
@@ -208,7 +208,7 @@ fn quorum_events(
     quorum: &Quorum,
     node: &mut Node<ClusterDb>,
     waiting: &mut Waiting,
-    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, crate::memdb::Row>) -> Result<()>,
+    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, memdb::Row>) -> Result<()>,
 ) -> Result<()> {
     for e in quorum.dispatch(Dispatch::All).context("quorum_dispatch")? {
         if let QuorumEvent::Quorum { quorate, .. } = e {
@@ -227,7 +227,7 @@ fn cpg_event(
     cmap: Option<&Cmap>,
     node: &mut Node<ClusterDb>,
     waiting: &mut Waiting,
-    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, crate::memdb::Row>) -> Result<()>,
+    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, memdb::Row>) -> Result<()>,
     e: CpgEvent,
 ) -> Result<()> {
     match e {
@@ -260,7 +260,7 @@ fn cpg_event(
 fn deliver(
     node: &mut Node<ClusterDb>,
     waiting: &mut Waiting,
-    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, crate::memdb::Row>) -> Result<()>,
+    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, memdb::Row>) -> Result<()>,
     nodeid: u32,
     pid: u32,
     data: &[u8],

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
 
-use crate::memdb::{paths, Entry, Kind, MemDb, ROOT_INODE};
+use memdb::{paths, Entry, Kind, MemDb, ROOT_INODE};
 
 use super::fuse_ino;
 

@@ -17,14 +17,13 @@ use fuser::FileAttr;
 use nix::errno::Errno;
 use parking_lot::{Mutex, RwLock};
 
+use crate::clock::now_secs;
 use crate::coherence::{self, Policy, Ttls};
-use crate::memdb::{
-    store::now_secs, Applied, Change, Entry, LockEvent, MemDb, Op, OpCtx, ROOT_INODE,
-};
 use crate::notify::Invalidator;
 use crate::status::Status;
-use crate::version_shm::{self, VersionShmWriter};
 use crate::vfiles::VIRT_BASE;
+use memdb::{Applied, Change, Entry, LockEvent, MemDb, Op, OpCtx, ROOT_INODE};
+use pmxfs_client::versions::{self, VersionShmWriter};
 
 pub use handles::Handles;
 pub use ops::PmxFs;
@@ -49,10 +48,10 @@ pub trait Replicator: Send + Sync {
 pub fn lock_event_of(op: &Op) -> Option<LockEvent> {
     match op {
         Op::Mkdir { path } => {
-            crate::memdb::paths::lock_name(path).map(|n| LockEvent::Acquired(n.to_string()))
+            memdb::paths::lock_name(path).map(|n| LockEvent::Acquired(n.to_string()))
         }
         Op::Delete { path } => {
-            crate::memdb::paths::lock_name(path).map(|n| LockEvent::Released(n.to_string()))
+            memdb::paths::lock_name(path).map(|n| LockEvent::Released(n.to_string()))
         }
         _ => None,
     }
@@ -304,7 +303,7 @@ impl Shared {
                     let tracked: Vec<String> = applied
                         .paths
                         .iter()
-                        .filter(|p| version_shm::slot_of(p).is_some())
+                        .filter(|p| versions::slot_of(p).is_some())
                         .cloned()
                         .collect();
                     if !tracked.is_empty() {

@@ -12,9 +12,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, FopenFlags, TimeOrNow};
 use nix::errno::Errno;
 
+use crate::clock::now_secs;
 use crate::coherence::Ttls;
-use crate::memdb::{paths, store::now_secs, LockEvent, MemDb, Op, ROOT_INODE};
 use crate::vfiles::{self, Virt};
+use memdb::{paths, LockEvent, MemDb, Op, ROOT_INODE};
 
 use super::handles::Handle;
 use super::reply::{

@@ -164,9 +164,9 @@ mod wire_tests {
     use super::*;
     use crate::coherence::{Policy, Ttls};
     use crate::fs::Shared;
-    use crate::memdb::{Limits, MemDb, NullStore};
     use crate::status::{Mode, Status};
     use crate::uring::outbox::{Done, Outbox};
+    use memdb::{Limits, MemDb, NullStore};
 
     struct Wire {
         fs: PmxFs,

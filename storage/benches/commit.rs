@@ -4,13 +4,12 @@
 //! log and applies it to SQLite in the background; the last column includes waiting
 //! for that background to finish. For the operations the per-file benchmark issues
 //! (create, write 4 KiB, rename, delete). Prints microseconds per operation.
-//! Run: `cargo bench -p pmxfs --bench commit`
+//! Run: `cargo bench -p storage --bench commit`
 
 use std::time::Instant;
 
-use pmxfs::memdb::{
-    Deferral, Limits, LoggedStore, MemDb, NullStore, Op, OpCtx, SqliteStore, SyncMode,
-};
+use memdb::{Limits, MemDb, NullStore, Op, OpCtx};
+use storage::{Deferral, LoggedStore, SqliteStore, SyncMode};
 
 const N: usize = 2000;
 

@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::entry::{RootVersion, Row};
-use super::intent_log::{self, LogFile};
-use super::store::{Backlog, Loaded, SqliteStore, Store, StoreError, SyncMode, Txn};
+use memdb::{Backlog, RootVersion, Row, Store, StoreError, Txn};
+
+use crate::intent_log::{self, LogFile};
+use crate::sqlite::{Loaded, SqliteStore, SyncMode};
+use crate::Error;
 
 /// How changes reach SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +105,11 @@ impl LoggedStore {
         path: &Path,
         sync: SyncMode,
         deferral: Deferral,
-    ) -> Result<(LoggedStore, Loaded), StoreError> {
+    ) -> Result<(LoggedStore, Loaded), Error> {
         let (mut sqlite, mut loaded) = SqliteStore::open(path, sync)?;
         let log_path = intent_log::path_for(path);
         let (mut log, bytes) = LogFile::open(&log_path)?;
-        let corrupt = |reason: String| StoreError::Corrupt {
+        let corrupt = |reason: String| Error::Corrupt {
             path: log_path.clone(),
             reason,
         };
@@ -168,12 +170,12 @@ impl LoggedStore {
 
     /// Wait until every logged change is in SQLite; an error while applying keeps
     /// failing them.
-    fn drain(&self) -> Result<(), StoreError> {
+    fn drain(&self) -> Result<(), Error> {
         let last = self.next_seq - 1;
         let mut st = self.shared.state.lock();
         while st.applied < last {
             if let Some(why) = &st.failing {
-                return Err(StoreError::Io(std::io::Error::other(format!(
+                return Err(Error::Io(std::io::Error::other(format!(
                     "{} logged changes are not in the database yet: {why}",
                     last - st.applied
                 ))));
@@ -184,10 +186,10 @@ impl LoggedStore {
     }
 
     /// Run `f` on SQLite after everything logged before it.
-    fn direct<R>(
+    fn direct<R, E: From<Error>>(
         &mut self,
-        f: impl FnOnce(&mut SqliteStore) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+        f: impl FnOnce(&mut SqliteStore) -> Result<R, E>,
+    ) -> Result<R, E> {
         self.drain()?;
         let r = f(&mut self.sqlite.lock());
         // Everything in the log is applied: the next record may start over.
@@ -195,7 +197,7 @@ impl LoggedStore {
         r
     }
 
-    fn log_change(&mut self, txn: &Txn) -> Result<(), StoreError> {
+    fn log_change(&mut self, txn: &Txn) -> Result<(), Error> {
         let seq = self.next_seq;
         if self.log.end() >= REWIND_AT {
             let caught_up = self.shared.state.lock().applied + 1 == seq;
@@ -220,7 +222,7 @@ impl Store for LoggedStore {
         if self.deferral == Deferral::Off || intent_log::encoded_len(txn) >= DIRECT_MIN {
             return self.direct(|db| db.commit(txn));
         }
-        self.log_change(txn)
+        Ok(self.log_change(txn)?)
     }
 
     fn replace_all(
@@ -247,7 +249,7 @@ impl Store for LoggedStore {
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.direct(|db| db.checkpoint())?;
         // Nothing in the log is needed any more; an empty file says so at a glance.
-        self.log.clear()?;
+        self.log.clear().map_err(Error::from)?;
         Ok(())
     }
 }
@@ -328,7 +330,7 @@ fn apply_loop(sh: &Shared, db: &Mutex<SqliteStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memdb::{Kind, Limits, MemDb, Op, OpCtx};
+    use memdb::{Kind, Limits, MemDb, Op, OpCtx};
     use nix::errno::Errno;
 
     fn open(path: &Path, deferral: Deferral) -> (LoggedStore, Loaded) {

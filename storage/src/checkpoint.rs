@@ -21,7 +21,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
-use super::store::StoreError;
+use crate::Error;
 
 /// How long commits may accumulate in the WAL before it is folded: long enough that a
 /// burst of writes shares one fsync, short enough that the WAL stays small.
@@ -55,7 +55,7 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Start checkpointing the WAL of the database at `path`.
-    pub fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+    pub fn start(path: &Path) -> Result<Checkpointer, Error> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         let shared = Arc::new(Shared::default());

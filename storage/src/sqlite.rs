@@ -1,113 +1,15 @@
-//! Persistence behind the in-memory tree: the [`Store`] trait, a no-op store for tests and
-//! simulations, and the SQLite store that reads and writes pmxcfs's `config.db` schema.
+//! The SQLite store: reads and writes pmxcfs's `config.db` schema, with pmxfs's
+//! replication numbers in a table of their own that pmxcfs never reads.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::checkpoint::Checkpointer;
-use super::entry::{Kind, RootVersion, Row, DT_REG};
+use memdb::{Kind, RootVersion, Row, Store, StoreError, Txn, DT_REG};
 
-/// One atomic change to persist: rows to delete, rows to insert or replace, and the new
-/// global version record.
-#[derive(Debug, Clone, Default)]
-pub struct Txn {
-    /// Inodes to remove.
-    pub deletes: Vec<u64>,
-    /// Rows to insert or replace.
-    pub upserts: Vec<Row>,
-    /// The global version record after the change.
-    pub root: RootVersion,
-}
-
-/// Errors from the persistence layer.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The file is not an SQLite database or is damaged.
-    #[error("{path}: corrupt database: {reason}")]
-    Corrupt {
-        /// Database file.
-        path: PathBuf,
-        /// What SQLite or the validation said.
-        reason: String,
-    },
-    /// A valid SQLite database, but not a pmxcfs one.
-    #[error("{path}: not a pmxcfs database: {reason}")]
-    Foreign {
-        /// Database file.
-        path: PathBuf,
-        /// What is missing or different.
-        reason: String,
-    },
-    /// Any other SQLite failure.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// File system error around the database.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Changes a store has accepted but not yet written to the database file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Backlog {
-    /// How many.
-    pub pending: usize,
-    /// Why writing them fails, while it does.
-    pub failing: Option<String>,
-}
-
-/// Where committed changes go.
-pub trait Store: Send {
-    /// Persist `txn` atomically: afterwards either all of it is durable or none.
-    fn commit(&mut self, txn: &Txn) -> Result<(), StoreError>;
-
-    /// Replace the whole content (used when a cluster sync installs a leader's tree),
-    /// with the replication term that labels it, in one transaction.
-    fn replace_all(&mut self, rows: &[Row], root: RootVersion, term: u64)
-        -> Result<(), StoreError>;
-
-    /// Durably store a small replication number (`term`, `promised_term`).
-    fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError>;
-
-    /// Fold the write-ahead log into the database (on clean shutdown).
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Accepted changes that are not in the database file yet.
-    fn backlog(&self) -> Backlog {
-        Backlog::default()
-    }
-
-    /// Bytes written to the database files so far, if known (for benchmarks).
-    fn bytes_written(&self) -> Option<u64> {
-        None
-    }
-}
-
-/// A store that keeps nothing: for unit tests and the protocol simulator.
-#[derive(Debug, Default)]
-pub struct NullStore;
-
-impl Store for NullStore {
-    fn commit(&mut self, _txn: &Txn) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn replace_all(
-        &mut self,
-        _rows: &[Row],
-        _root: RootVersion,
-        _term: u64,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn set_meta(&mut self, _key: &str, _value: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
+use crate::checkpoint::Checkpointer;
+use crate::Error;
 
 /// SQLite durability setting for commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +66,7 @@ impl SqliteStore {
     /// An existing file is first validated through a read-only connection, so that a
     /// corrupt or foreign file is refused without being modified (not even switched to
     /// WAL mode).
-    pub fn open(path: &Path, sync: SyncMode) -> Result<(SqliteStore, Loaded), StoreError> {
+    pub fn open(path: &Path, sync: SyncMode) -> Result<(SqliteStore, Loaded), Error> {
         let existing = std::fs::metadata(path)
             .map(|m| m.len() > 0)
             .unwrap_or(false);
@@ -240,8 +142,8 @@ impl SqliteStore {
     }
 
     /// Read the whole content again (after recovery changed it).
-    pub fn reload(&self) -> Result<Loaded, StoreError> {
-        validate_schema(&self.conn, &self.path)?.ok_or_else(|| StoreError::Corrupt {
+    pub fn reload(&self) -> Result<Loaded, Error> {
+        validate_schema(&self.conn, &self.path)?.ok_or_else(|| Error::Corrupt {
             path: self.path.clone(),
             reason: "the tree table disappeared".into(),
         })
@@ -251,7 +153,7 @@ impl SqliteStore {
     /// transaction, together with the last one's sequence number, so that recovery
     /// knows where the database stops. Each change stays whole: the batch is
     /// all-or-nothing and ends on a change boundary.
-    pub fn commit_batch(&mut self, batch: &[(u64, Txn)]) -> Result<(), StoreError> {
+    pub fn commit_batch(&mut self, batch: &[(u64, Txn)]) -> Result<(), Error> {
         let Some((last_seq, last)) = batch.last() else {
             return Ok(());
         };
@@ -281,8 +183,8 @@ fn write_changes(conn: &Connection, txn: &Txn) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Corrupt {
+fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
@@ -290,7 +192,7 @@ fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
 
 /// Check that `conn` holds a pmxcfs `tree` table and read it; `None` for an empty
 /// database (no tables at all), which is initialised like a new file.
-fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, StoreError> {
+fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Error> {
     let tables: Vec<String> = (|| {
         let mut st = conn.prepare("SELECT name FROM sqlite_master WHERE type='table'")?;
         let names = st
@@ -303,7 +205,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
         return Ok(None);
     }
     if !tables.iter().any(|t| t == "tree") {
-        return Err(StoreError::Foreign {
+        return Err(Error::Foreign {
             path: path.to_path_buf(),
             reason: format!("no 'tree' table (tables: {})", tables.join(", ")),
         });
@@ -317,7 +219,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
     })()
     .map_err(|e| corrupt(path, e))?;
     if cols != COLUMNS {
-        return Err(StoreError::Foreign {
+        return Err(Error::Foreign {
             path: path.to_path_buf(),
             reason: format!(
                 "'tree' has columns ({}), expected ({})",
@@ -330,7 +232,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
     if check != "ok" {
-        return Err(StoreError::Corrupt {
+        return Err(Error::Corrupt {
             path: path.to_path_buf(),
             reason: format!("quick_check: {check}"),
         });
@@ -344,14 +246,14 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
     while let Some(r) = q.next().map_err(|e| corrupt(path, e))? {
         let inode: i64 = r.get(0)?;
         let ty: i64 = r.get(5)?;
-        let name: String = r.get(6).map_err(|e| StoreError::Corrupt {
+        let name: String = r.get(6).map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
             reason: format!("inode {inode}: bad name: {e}"),
         })?;
         let data: Option<Vec<u8>> = r.get(7)?;
         if inode == 0 {
             if name != VERSION_NAME {
-                return Err(StoreError::Corrupt {
+                return Err(Error::Corrupt {
                     path: path.to_path_buf(),
                     reason: format!("inode 0 is '{name}', expected '{VERSION_NAME}'"),
                 });
@@ -363,12 +265,12 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Sto
             };
             continue;
         }
-        let kind = Kind::from_dtype(ty).ok_or_else(|| StoreError::Corrupt {
+        let kind = Kind::from_dtype(ty).ok_or_else(|| Error::Corrupt {
             path: path.to_path_buf(),
             reason: format!("inode {inode} '{name}': unknown type {ty}"),
         })?;
         if kind == Kind::Dir && data.as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(StoreError::Corrupt {
+            return Err(Error::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!("directory inode {inode} '{name}' has data"),
             });
@@ -492,13 +394,14 @@ fn write_row(conn: &Connection, row: &Row, fresh: bool) -> rusqlite::Result<()> 
 impl Store for SqliteStore {
     fn commit(&mut self, txn: &Txn) -> Result<(), StoreError> {
         let conn = &mut self.conn;
-        self.ckpt.commit(|| {
+        self.ckpt.commit(|| -> Result<(), Error> {
             let tx = conn.transaction()?;
             write_changes(&tx, txn)?;
             write_root(&tx, txn.root)?;
             tx.commit()?;
             Ok(())
-        })
+        })?;
+        Ok(())
     }
 
     fn replace_all(
@@ -508,7 +411,7 @@ impl Store for SqliteStore {
         term: u64,
     ) -> Result<(), StoreError> {
         let conn = &mut self.conn;
-        self.ckpt.commit(|| {
+        self.ckpt.commit(|| -> Result<(), Error> {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM tree", [])?;
             for row in rows {
@@ -518,25 +421,29 @@ impl Store for SqliteStore {
             write_meta(&tx, "term", term)?;
             tx.commit()?;
             Ok(())
-        })
+        })?;
+        Ok(())
     }
 
     fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
         let conn = &self.conn;
-        self.ckpt.commit(|| write_meta(conn, key, value))?;
+        self.ckpt
+            .commit(|| write_meta(conn, key, value))
+            .map_err(Error::from)?;
         Ok(())
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(Error::from)?;
         Ok(())
     }
 }
 
 impl SqliteStore {
     /// Read the version record back from disk (used by tests and `status`).
-    pub fn disk_version(&self) -> Result<Option<u64>, StoreError> {
+    pub fn disk_version(&self) -> Result<Option<u64>, Error> {
         Ok(self
             .conn
             .query_row("SELECT version FROM tree WHERE inode = 0", [], |r| {
@@ -548,7 +455,7 @@ impl SqliteStore {
 }
 
 /// Seconds since the epoch, saturated into pmxcfs's u32 mtime.
-pub fn now_secs() -> u32 {
+fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs().min(u32::MAX as u64) as u32)

@@ -1,16 +1,16 @@
 //! The "memdb": the whole /etc/pve tree in memory, backed by a [`Store`].
 //!
-//! Free of FUSE types on purpose: local FUSE requests and (later) replicated operations
-//! delivered by the cluster both go through [`MemDb::apply`], which is deterministic
-//! given the operation and its [`OpCtx`]. Every operation is planned against the current
-//! state, persisted as one transaction, and only then installed in memory, so a failed
-//! commit leaves both the database and the tree unchanged.
+//! No I/O and no clock: local changes and replicated operations delivered by the
+//! cluster both go through [`MemDb::apply`], which is deterministic given the operation
+//! and its [`OpCtx`]. Every operation is planned against the current state, persisted as
+//! one transaction, and only then installed in memory, so a failed commit leaves both
+//! the database and the tree unchanged. The stores themselves (SQLite, the intent log)
+//! are the `storage` crate's; [`replica`] is the tree as cluster-sync's `Database`.
+#![warn(missing_docs)]
 
-mod checkpoint;
 pub mod entry;
 pub mod index;
-mod intent_log;
-pub mod logged_store;
+pub mod locks;
 pub mod op;
 pub mod paths;
 pub mod row_codec;
@@ -22,13 +22,13 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+pub use entry::DT_REG;
 pub use entry::{Entry, Kind, RootVersion, Row, ROOT_INODE};
-pub use logged_store::{Deferral, LoggedStore};
 pub use op::{Applied, Change, LockEvent, Op, OpCtx};
-pub use store::{Backlog, NullStore, SqliteStore, Store, StoreError, SyncMode, Txn};
+pub use store::{Backlog, NullStore, Store, StoreError, Txn};
 pub use vmindex::VmInfo;
 
-use crate::locks::{self, MkdirVerdict, MtimeVerdict};
+use crate::locks::{MkdirVerdict, MtimeVerdict};
 use paths::{check_name, lock_name, split};
 use vmindex::VmIndex;
 

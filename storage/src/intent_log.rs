@@ -11,9 +11,8 @@
 //! follows the newest record may be an older lap: a scan stops at the first record that
 //! is cut short, fails its checksum, or does not continue the sequence.
 
-use super::entry::RootVersion;
-use super::row_codec::{decode_row, encode_row, row_len, Reader, ROW_FIXED};
-use super::store::Txn;
+use memdb::row_codec::{decode_row, encode_row, row_len, Reader, ROW_FIXED};
+use memdb::{RootVersion, Txn};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -207,7 +206,7 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memdb::{Kind, Row};
+    use memdb::{Kind, Row};
     use std::sync::Arc;
 
     fn row(inode: u64, name: &str, data: &[u8]) -> Row {

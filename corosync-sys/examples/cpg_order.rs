@@ -4,7 +4,7 @@
 //! prints an order hash; identical hashes on all nodes mean identical total order.
 use std::time::{Duration, Instant};
 
-use cluster_sync::corosync::{Cmap, Cpg, CpgEvent, Dispatch, Quorum};
+use corosync_sys::{Cmap, Cpg, CpgEvent, Dispatch, Quorum};
 
 fn pump(cpg: &Cpg, ms: i32) -> Vec<CpgEvent> {
     let fd = cpg.fd_get().expect("cpg fd");

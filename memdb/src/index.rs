@@ -68,7 +68,7 @@ pub fn encode(root: RootVersion, entries: &[IndexEntry]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memdb::{Limits, NullStore, Op, OpCtx};
+    use crate::{Limits, NullStore, Op, OpCtx};
 
     /// pve-cluster `check_memdb.c:test_indextest1`, byte for byte.
     #[test]

@@ -1,0 +1,196 @@
+//! The SQLite store under the real tree: reload, refusal of bad files, terms, WAL.
+use memdb::{Applied, Limits, MemDb, Op, OpCtx, Store};
+use nix::errno::Errno;
+
+use crate::{Error, SqliteStore, SyncMode};
+
+fn ctx(now: u32) -> OpCtx {
+    OpCtx { writer: 0, now }
+}
+
+fn mkdir(db: &mut MemDb, p: &str) -> Result<Applied, Errno> {
+    db.apply(&Op::Mkdir { path: p.into() }, ctx(1))
+}
+
+fn put(db: &mut MemDb, p: &str, data: &[u8]) {
+    if db.resolve(p).is_err() {
+        db.apply(&Op::Create { path: p.into() }, ctx(1000)).unwrap();
+    }
+    db.apply(
+        &Op::Write {
+            path: p.into(),
+            offset: 0,
+            data: data.to_vec(),
+            truncate: true,
+        },
+        ctx(1000),
+    )
+    .unwrap();
+}
+
+#[test]
+fn reload_from_sqlite_gives_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    let rows_before;
+    {
+        let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        assert!(loaded.created);
+        let mut d =
+            MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
+        mkdir(&mut d, "nodes").unwrap();
+        put(&mut d, "nodes/f", b"hello");
+        put(&mut d, "g", b"");
+        d.apply(
+            &Op::Rename {
+                from: "g".into(),
+                to: "nodes/g".into(),
+            },
+            ctx(5),
+        )
+        .unwrap();
+        d.apply(
+            &Op::Delete {
+                path: "nodes/f".into(),
+            },
+            ctx(6),
+        )
+        .unwrap();
+        rows_before = (d.rows(), d.root_version());
+    }
+    let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    assert!(!loaded.created);
+    let d = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
+    assert_eq!((d.rows(), d.root_version()), rows_before);
+}
+
+#[test]
+fn foreign_and_corrupt_files_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
+    let before = std::fs::read(&junk).unwrap();
+    assert!(matches!(
+        SqliteStore::open(&junk, SyncMode::Normal),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(std::fs::read(&junk).unwrap(), before);
+
+    let foreign = dir.path().join("foreign.db");
+    {
+        let c = rusqlite::Connection::open(&foreign).unwrap();
+        c.execute_batch(
+            "CREATE TABLE users (id INTEGER, name TEXT); INSERT INTO users VALUES (1, 'x');",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    let err = SqliteStore::open(&foreign, SyncMode::Normal).err().unwrap();
+    assert!(matches!(err, Error::Foreign { .. }), "{err}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+    assert!(!dir.path().join("foreign.db-wal").exists());
+}
+
+#[test]
+fn replication_terms_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    {
+        let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let mut d = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default())
+            .unwrap()
+            .with_terms(loaded.term, loaded.promised_term);
+        assert_eq!((d.term(), d.promised_term()), (0, 0));
+        d.set_promised_term(7).unwrap();
+        mkdir(&mut d, "a").unwrap();
+        let idx = d.index_entries();
+        let rows = d.rows_for(&[0, 2]);
+        d.install_sync(&idx, rows, 7).unwrap();
+    }
+    let (_, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    assert_eq!((loaded.term, loaded.promised_term), (7, 7));
+}
+
+#[test]
+fn an_unreadable_replication_term_refuses_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    {
+        let (mut store, _) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        store.set_meta("promised_term", 3).unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE pmxfs_meta SET value = -5 WHERE key = 'promised_term'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    match SqliteStore::open(&path, SyncMode::Normal) {
+        Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("-5"), "{reason}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a negative promised term was accepted"),
+    }
+}
+
+/// Commits never run SQLite's checkpoint themselves (it fsyncs inside the commit); the
+/// background thread folds the WAL into the database file soon after.
+#[test]
+fn the_wal_is_folded_into_the_database_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    let mut d =
+        MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    for i in 0..8 {
+        put(&mut d, &format!("f{i}"), &vec![b'x'; 64 * 1024]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let grown = loop {
+        let len = std::fs::metadata(&path).unwrap().len();
+        if len >= before + 8 * 64 * 1024 || std::time::Instant::now() > deadline {
+            break len;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        grown >= before + 8 * 64 * 1024,
+        "database file {grown} bytes (was {before}): the WAL was not checkpointed"
+    );
+    drop(d);
+    let (_, again) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    assert_eq!(
+        again
+            .rows
+            .iter()
+            .filter(|r| r.name.starts_with('f'))
+            .count(),
+        8
+    );
+}
+
+/// Under a stream of commits the WAL restarts instead of growing for as long as the
+/// stream lasts (a checkpoint beside the writer alone never catches up with it).
+#[test]
+fn the_wal_stays_bounded_under_a_stream_of_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.db");
+    let (store, loaded) = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+    let mut d =
+        MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
+    let commits = 12_000;
+    for i in 0..commits {
+        put(&mut d, &format!("f{}", i % 64), &vec![b'x'; 4096]);
+    }
+    let wal = std::fs::metadata(dir.path().join("config.db-wal"))
+        .unwrap()
+        .len();
+    // Each commit appends at least two frames (the file's data page and the version
+    // record): a WAL that never restarted would hold all of them.
+    let unbounded = commits as u64 * 2 * 4096;
+    assert!(
+        wal < 32 << 20,
+        "WAL is {wal} bytes after {commits} commits (never restarted: {unbounded})"
+    );
+}
