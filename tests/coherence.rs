@@ -159,14 +159,14 @@ fn expired_locks_are_taken_over_and_cfs_lock_works() {
         "timeout exits 2"
     );
     // after the lock timeout, the lock is expired and the next acquirer takes it over
-    std::thread::sleep(Duration::from_millis(3200));
+    fs.advance_clock(3);
     fs::create_dir(fs.p("priv/lock/held")).unwrap();
     assert_eq!(
         lock("held", Some("0.5"), &["true"]),
         Some(2),
         "taken over, held again"
     );
-    std::thread::sleep(Duration::from_millis(3200));
+    fs.advance_clock(3);
     assert_eq!(
         lock("held", Some("5"), &["true"]),
         Some(0),
@@ -336,7 +336,7 @@ fn stress_invalidations_never_hang() {
     );
     assert!(st["notify"]["barriers"].as_u64().unwrap() > 10);
     // after all that (and the queues drained), the kernel's view matches the daemon's
-    std::thread::sleep(Duration::from_millis(300));
+    fs.barrier();
     for d in 0..3 {
         for f in 0..5 {
             let p = fs.p(&format!("d{d}/f{f}"));

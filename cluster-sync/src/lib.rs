@@ -3,5 +3,4 @@
 //! `corosync-sys` crate and the adapter is the daemon's.
 #![warn(missing_docs)]
 pub mod core;
-pub mod sim;
 pub mod wire;

@@ -182,15 +182,19 @@ pub fn encode<C: WireCodec>(msg: &Message<C::Op, C::Entry>) -> Vec<u8> {
     match &msg.body {
         Body::Normal { op } => put_blob(&mut out, |o| C::encode_op(op, o)),
         Body::UpdateComplete { epoch } => put_epoch(&mut out, epoch),
-        Body::SyncStart { epoch, term } | Body::Promise { epoch, term } => {
+        Body::SyncStart {
+            epoch,
+            proposed_term: term,
+        }
+        | Body::Promise { epoch, term } => {
             put_epoch(&mut out, epoch);
             out.extend_from_slice(&term.to_le_bytes());
         }
         Body::State {
             epoch,
             quorate,
-            promised_proposal,
-            promised,
+            promised_proposed_term,
+            promised_term,
             index,
         } => {
             put_epoch(&mut out, epoch);
@@ -198,11 +202,11 @@ pub fn encode<C: WireCodec>(msg: &Message<C::Op, C::Entry>) -> Vec<u8> {
             if *quorate {
                 flags |= FLAG_QUORATE;
             }
-            if *promised_proposal {
+            if *promised_proposed_term {
                 flags |= FLAG_PROMISED;
             }
             out.push(flags);
-            out.extend_from_slice(&promised.to_le_bytes());
+            out.extend_from_slice(&promised_term.to_le_bytes());
             out.extend_from_slice(&index.term.to_le_bytes());
             out.extend_from_slice(&index.version.to_le_bytes());
             out.extend_from_slice(&index.mtime.to_le_bytes());
@@ -248,7 +252,7 @@ pub fn decode<C: WireCodec>(buf: &[u8]) -> Result<Message<C::Op, C::Entry>, Wire
         }
         1 => Body::SyncStart {
             epoch: r.epoch()?,
-            term: r.u64("proposed term")?,
+            proposed_term: r.u64("proposed term")?,
         },
         2 => {
             let epoch = r.epoch()?;
@@ -271,8 +275,8 @@ pub fn decode<C: WireCodec>(buf: &[u8]) -> Result<Message<C::Op, C::Entry>, Wire
             Body::State {
                 epoch,
                 quorate: flags & FLAG_QUORATE != 0,
-                promised_proposal: flags & FLAG_PROMISED != 0,
-                promised,
+                promised_proposed_term: flags & FLAG_PROMISED != 0,
+                promised_term: promised,
                 index: DbIndex {
                     term,
                     version,
@@ -351,12 +355,15 @@ mod tests {
             body(Body::Normal {
                 op: "mkdir priv/lock/x".into(),
             }),
-            body(Body::SyncStart { epoch, term: 12 }),
+            body(Body::SyncStart {
+                epoch,
+                proposed_term: 12,
+            }),
             body(Body::State {
                 epoch,
                 quorate: true,
-                promised_proposal: true,
-                promised: 12,
+                promised_proposed_term: true,
+                promised_term: 12,
                 index: DbIndex {
                     term: 11,
                     version: 201,
@@ -373,8 +380,8 @@ mod tests {
             body(Body::State {
                 epoch,
                 quorate: false,
-                promised_proposal: false,
-                promised: 0,
+                promised_proposed_term: false,
+                promised_term: 0,
                 index: DbIndex::default(),
             }),
         ]

@@ -8,11 +8,13 @@
 //! are the `storage` crate's; [`replica`] is the tree as cluster-sync's `Database`.
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod entry;
 pub mod index;
 pub mod locks;
 pub mod op;
 pub mod paths;
+pub mod replica;
 pub mod row_codec;
 pub mod store;
 mod vmindex;
@@ -20,6 +22,7 @@ mod vmindex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use cluster_sync::core::ApplyError;
 use nix::errno::Errno;
 
 pub use entry::DT_REG;
@@ -420,9 +423,20 @@ impl MemDb {
         self.store.get_mut().checkpoint()
     }
 
-    /// Apply one operation: validate, persist as one transaction, then install.
+    /// Apply one operation: validate, persist as one transaction, then install. A
+    /// store that fails refuses it with EIO (nothing changed); a replica that must tell
+    /// that apart from an invalid operation uses [`MemDb::apply_checked`].
     pub fn apply(&mut self, op: &Op, ctx: OpCtx) -> Result<Applied, Errno> {
-        let (txn, mut applied) = self.plan(op, ctx)?;
+        self.apply_checked(op, ctx).map_err(|e| match e {
+            ApplyError::Refused(e) => e,
+            ApplyError::Storage(_) => Errno::EIO,
+        })
+    }
+
+    /// [`MemDb::apply`], telling an operation the tree refuses (every replica of the
+    /// tree refuses it alike) from a store that could not persist it (only this one).
+    pub fn apply_checked(&mut self, op: &Op, ctx: OpCtx) -> Result<Applied, ApplyError<Errno>> {
+        let (txn, mut applied) = self.plan(op, ctx).map_err(ApplyError::Refused)?;
         let moved_dir = match op {
             Op::Rename { from: p, .. } | Op::Delete { path: p } => {
                 self.resolve(p).is_ok_and(|e| e.is_dir())
@@ -431,7 +445,7 @@ impl MemDb {
         };
         if let Err(e) = self.store.get_mut().commit(&txn) {
             tracing::error!(?op, "database commit failed, operation refused: {e}");
-            return Err(Errno::EIO);
+            return Err(ApplyError::Storage(e.to_string()));
         }
         self.install(&txn);
         applied.version = self.root.version;

@@ -1,17 +1,18 @@
 //! The daemon's control socket (`<run dir>/<escaped mount>.sock`): `pmxfs status` asks
-//! it for the node's state, and with `--debug-remote-ops` tests inject operations "from
-//! another node" to exercise the invalidation path before the cluster layer exists.
+//! it for the node's state. With `--debug-hooks`, tests also inject operations "from
+//! another node" (the invalidation path without a cluster), move the daemon's clock
+//! forward (lock expiry without sleeping), and wait until every queued invalidation
+//! reached the kernel (a barrier instead of a sleep).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use memdb::Op;
 use serde_json::{json, Value};
 
-use crate::fs::{Origin, Shared};
-use memdb::Op;
+use crate::tree::{Metrics, Origin, Tree};
 
 /// Node id used for operations injected through the debug hook.
 pub const DEBUG_REMOTE_WRITER: u32 = 99;
@@ -28,32 +29,32 @@ pub struct Info {
     pub mount: PathBuf,
     /// Database file.
     pub db: PathBuf,
-    /// Accept `apply` requests.
-    pub debug_remote_ops: bool,
+    /// Accept the test hooks (`apply`, `advance-clock`).
+    pub debug_hooks: bool,
 }
 
 /// Serve the socket on a background thread.
-pub fn serve(listener: UnixListener, sh: Arc<Shared>, info: Info) -> std::io::Result<()> {
+pub fn serve(listener: UnixListener, tree: Arc<Tree>, info: Info) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("pmxfs-control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (sh, info) = (sh.clone(), info.clone());
+                let (tree, info) = (tree.clone(), info.clone());
                 let _ = std::thread::Builder::new()
                     .name("pmxfs-control-conn".into())
-                    .spawn(move || handle(conn, &sh, &info));
+                    .spawn(move || handle(conn, &tree, &info));
             }
         })?;
     Ok(())
 }
 
-fn handle(conn: UnixStream, sh: &Shared, info: &Info) {
+fn handle(conn: UnixStream, tree: &Tree, info: &Info) {
     let Ok(mut w) = conn.try_clone() else { return };
     for line in BufReader::new(conn).lines() {
         let Ok(line) = line else { return };
         let reply = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => answer(&req, sh, info),
+            Ok(req) => answer(&req, tree, info),
             Err(e) => json!({"error": format!("bad request: {e}")}),
         };
         if writeln!(w, "{reply}").is_err() {
@@ -62,33 +63,52 @@ fn handle(conn: UnixStream, sh: &Shared, info: &Info) {
     }
 }
 
-fn answer(req: &Value, sh: &Shared, info: &Info) -> Value {
+fn answer(req: &Value, tree: &Tree, info: &Info) -> Value {
     match req["cmd"].as_str() {
-        Some("status") => status_json(sh, info),
-        Some("apply") if info.debug_remote_ops => match parse_op(&req["op"]) {
-            Ok(op) => match sh.apply(&op, DEBUG_REMOTE_WRITER, Origin::Remote) {
+        Some("status") => status_json(tree, info),
+        Some("barrier") => {
+            // Answered once every invalidation queued before it reached the kernel.
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            tree.after_invalidations(move || {
+                let _ = tx.send(());
+            });
+            match rx.recv() {
+                Ok(()) => json!({"ok": true}),
+                Err(_) => json!({"error": "the invalidation thread is gone"}),
+            }
+        }
+        Some("apply" | "advance-clock") if !info.debug_hooks => {
+            json!({"error": "start pmxfs with --debug-hooks to use the test hooks"})
+        }
+        Some("apply") => match parse_op(&req["op"]) {
+            Ok(op) => match tree.apply_now(&op, DEBUG_REMOTE_WRITER, Origin::Remote) {
                 Ok(a) => json!({"ok": true, "version": a.version}),
                 Err(e) => json!({"error": e.desc(), "errno": e as i32}),
             },
             Err(e) => json!({"error": e}),
         },
-        Some("apply") => {
-            json!({"error": "start pmxfs with --debug-remote-ops to inject operations"})
-        }
+        Some("advance-clock") => match req["secs"].as_i64() {
+            Some(secs) if secs >= 0 => {
+                tree.clock.advance(secs);
+                json!({"ok": true, "now": tree.clock.now()})
+            }
+            _ => json!({"error": "advance-clock needs secs >= 0"}),
+        },
         other => json!({"error": format!("unknown command {other:?}")}),
     }
 }
 
 /// The status document `pmxfs status --json` prints.
-pub fn status_json(sh: &Shared, info: &Info) -> Value {
-    let db = sh.db.read();
-    let st = &sh.status;
-    let n = sh.invalidator().map(|i| {
+pub fn status_json(tree: &Tree, info: &Info) -> Value {
+    let db = tree.read();
+    let st = &tree.status;
+    let m = &tree.metrics;
+    let n = tree.invalidator().map(|i| {
         json!({
-            "inodes": i.stats.inodes.load(Ordering::Relaxed),
-            "entries": i.stats.entries.load(Ordering::Relaxed),
-            "epochs": i.stats.epochs.load(Ordering::Relaxed),
-            "barriers": i.stats.barriers.load(Ordering::Relaxed),
+            "inodes": Metrics::get(&i.stats.inodes),
+            "entries": Metrics::get(&i.stats.entries),
+            "epochs": Metrics::get(&i.stats.epochs),
+            "barriers": Metrics::get(&i.stats.barriers),
         })
     });
     json!({
@@ -100,23 +120,24 @@ pub fn status_json(sh: &Shared, info: &Info) -> Value {
         "inodes": db.entry_count(),
         "bytes": db.bytes(),
         "db_backlog": db.backlog(),
-        "held_locks": db.held_locks(crate::clock::now_secs()),
+        "held_locks": db.held_locks(tree.clock.now()),
         "mount": info.mount,
         "db": info.db,
-        "coherence": sh.policy.enabled,
-        "open_handles": sh.handles.len(),
-        "ops_applied": sh.ops_applied.load(Ordering::Relaxed),
-        "transport": sh.transport.get().map(String::as_str).unwrap_or("starting"),
+        "coherence": tree.coherence(),
+        "open_handles": Metrics::get(&m.open_handles),
+        "ops_applied": Metrics::get(&m.ops_applied),
+        "transport": tree.transport.get().map(String::as_str).unwrap_or("starting"),
         "cluster_messages": {
-            "sent": sh.cluster_sent.load(Ordering::Relaxed),
-            "delivered": sh.cluster_delivered.load(Ordering::Relaxed),
-            "writes_resent": sh.cluster_resent.load(Ordering::Relaxed),
-            "quorum_resyncs": sh.cluster_resyncs.load(Ordering::Relaxed),
+            "sent": Metrics::get(&m.cluster_sent),
+            "delivered": Metrics::get(&m.cluster_delivered),
+            "writes_resent": Metrics::get(&m.cluster_resent),
+            "quorum_resyncs": Metrics::get(&m.cluster_resyncs),
+            "restarts": Metrics::get(&m.cluster_restarts),
         },
         "requests": {
-            "lookup": sh.lookups.load(Ordering::Relaxed),
-            "getattr": sh.getattrs.load(Ordering::Relaxed),
-            "io_uring": sh.ring_requests.load(Ordering::Relaxed),
+            "lookup": Metrics::get(&m.lookups),
+            "getattr": Metrics::get(&m.getattrs),
+            "io_uring": Metrics::get(&m.ring_requests),
         },
         "notify": n,
     })

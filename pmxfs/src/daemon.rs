@@ -1,5 +1,6 @@
-//! The daemon: single-instance lock, mount-point checks, database open, FUSE session,
-//! invalidation threads, control socket, and a clean unmount on SIGINT/SIGTERM.
+//! The daemon's life: take the single-instance lock, check the mount point, open the
+//! tree, mount it and start a transport, join the cluster, serve the control socket,
+//! and unmount cleanly on SIGINT/SIGTERM. [`run`] reads as those steps.
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
@@ -9,17 +10,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fuser::{Config, MountOption, Session, SessionACL};
-
-use crate::coherence::{Policy, Ttls};
-use crate::control;
-use crate::fs::adapter::{FuserFs, MAX_WRITE};
-use crate::fs::{PmxFs, Shared};
-use crate::notify::Invalidator;
-use crate::status::{Mode, Status};
-use crate::uring::{self, Negotiation, Transport};
 use memdb::{Limits, MemDb, Op};
 use pmxfs_client::versions::VersionShmWriter;
 use storage::{Deferral, LoggedStore, SyncMode};
+
+use crate::coherence::{Policy, Ttls};
+use crate::control;
+use crate::faults::Faults;
+use crate::fs::PmxFs;
+use crate::transport::dev_fuse::{FuserFs, MAX_WRITE};
+use crate::transport::uring::{self, Queues};
+use crate::transport::{Negotiation, Transport};
+use crate::tree::notify::Invalidator;
+use crate::tree::status::{Mode, Status};
+use crate::tree::Tree;
 
 /// Everything the daemon is started with.
 #[derive(Debug, Clone)]
@@ -46,8 +50,10 @@ pub struct DaemonOpts {
     pub threads: usize,
     /// Transport for requests.
     pub transport: Transport,
-    /// Accept injected "remote" operations on the control socket (tests).
-    pub debug_remote_ops: bool,
+    /// Accept the control socket's test hooks (`--debug-hooks`).
+    pub debug_hooks: bool,
+    /// Faults to inject (tests).
+    pub faults: Faults,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -79,12 +85,11 @@ fn stop_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Take the single-instance lock next to the database; held until the process exits.
 /// How commits reach SQLite: through the intent log, unless every commit is to be
-/// fsynced (`--sync full`, which the log would weaken); `PMXFS_STALL_APPLY=1` is the
-/// fault injection of the crash-recovery test (changes logged, never applied).
-fn deferral(sync: SyncMode) -> Deferral {
-    if std::env::var_os("PMXFS_STALL_APPLY").is_some_and(|v| v == "1") {
+/// fsynced (`--sync full`, which the log would weaken); the `stall-apply` fault is the
+/// crash-recovery test's (changes logged, never applied).
+fn deferral(sync: SyncMode, faults: Faults) -> Deferral {
+    if faults.stall_apply {
         Deferral::Stalled
     } else if sync == SyncMode::Full {
         Deferral::Off
@@ -93,6 +98,7 @@ fn deferral(sync: SyncMode) -> Deferral {
     }
 }
 
+/// Take the single-instance lock next to the database; held until the process exits.
 fn lock_instance(db: &Path) -> Result<std::fs::File> {
     let lock_path = PathBuf::from(format!("{}.lock", db.display()));
     let f = std::fs::OpenOptions::new()
@@ -118,7 +124,7 @@ fn lock_instance(db: &Path) -> Result<std::fs::File> {
 }
 
 /// Directories a node expects to find (pve-cluster creates them on setup).
-fn ensure_base_dirs(sh: &Shared, nodename: &str) {
+fn ensure_base_dirs(tree: &Tree, nodename: &str) {
     let node = format!("nodes/{nodename}");
     let dirs = [
         "nodes".to_string(),
@@ -131,9 +137,9 @@ fn ensure_base_dirs(sh: &Shared, nodename: &str) {
         "priv/lock".into(),
     ];
     for d in dirs {
-        if sh.db.read().resolve(&d).is_err() {
-            if let Err(e) = sh
-                .apply_local(&Op::Mkdir { path: d.clone() })
+        if tree.read().resolve(&d).is_err() {
+            if let Err(e) = tree
+                .from_kernel(&Op::Mkdir { path: d.clone() })
                 .map(|_| ())
                 .or_else(|e| {
                     if e == nix::errno::Errno::EEXIST {
@@ -157,16 +163,55 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     // the handlers exist stays pending instead of killing the daemon mid-mount.
     let stop_signals = stop_signals();
     stop_signals.thread_block()?;
-    if let Some(dir) = opts.db.parent() {
+    prepare_db_dir(&opts.db)?;
+    let _instance = lock_instance(&opts.db)?;
+    let mount = crate::mountpoint::prepare(&opts.mount)?;
+    let tree = open_tree(&opts, &mount)?;
+    if opts.local {
+        ensure_base_dirs(&tree, &opts.nodename);
+    }
+    let policy = Policy {
+        enabled: opts.coherence,
+        default: opts.ttls,
+    };
+    let fs = Arc::new(PmxFs::new(tree.clone(), policy, www_data_gid()));
+    let mounted = mount_fs(&opts, &mount, fs)?;
+    if !opts.local {
+        join_cluster(&tree, &opts.nodename)?;
+    }
+    let sock = serve_control(&opts, &mount, &tree)?;
+    let (why, failed) = wait_for_stop(stop_signals, &mounted)?;
+    tracing::info!("{why}: unmounting {}", mount.display());
+    let _ = std::fs::remove_file(&sock);
+    if let Err(e) = mounted.bg.umount_and_join() {
+        tracing::debug!("unmount: {e}");
+    }
+    if let Err(e) = tree.checkpoint() {
+        tracing::warn!(
+            "final checkpoint failed (the intent log and the WAL are replayed at the next start): {e}"
+        );
+    }
+    if failed {
+        anyhow::bail!("{why}");
+    }
+    Ok(())
+}
+
+/// Create the database's directory (0750) if it is missing.
+fn prepare_db_dir(db: &Path) -> Result<()> {
+    if let Some(dir) = db.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
         }
     }
-    let _instance = lock_instance(&opts.db)?;
-    let mount = crate::mountpoint::prepare(&opts.mount)?;
+    Ok(())
+}
 
-    let (store, loaded) = LoggedStore::open(&opts.db, opts.sync, deferral(opts.sync))
+/// Open the database, recover what the intent log holds, build the tree, and the tree
+/// service over it.
+fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<Arc<Tree>> {
+    let (store, loaded) = LoggedStore::open(&opts.db, opts.sync, deferral(opts.sync, opts.faults))
         .with_context(|| format!("cannot open database {}", opts.db.display()))?;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
         .with_context(|| format!("refusing to start on {}", opts.db.display()))?
@@ -179,7 +224,6 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         created = loaded.created,
         "database loaded"
     );
-
     let mode = if opts.local {
         Mode::Local
     } else {
@@ -187,23 +231,27 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     };
     let status = Arc::new(Status::new(opts.nodename.clone(), mode));
     status.record_reload();
-    let shm_path = pmxfs_client::versions::shm_path_for_mount(&mount);
-    let shm = match VersionShmWriter::open_or_create(&shm_path) {
+    let shm_path = pmxfs_client::versions::shm_path_for_mount(mount);
+    let versions = match VersionShmWriter::open_or_create(&shm_path) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("no shared-memory versions at {}: {e}", shm_path.display());
             None
         }
     };
-    let policy = Policy {
-        enabled: opts.coherence,
-        default: opts.ttls,
-    };
-    let sh = Shared::new(db, status, policy, www_data_gid(), shm);
-    if opts.local {
-        ensure_base_dirs(&sh, &opts.nodename);
-    }
+    Ok(Tree::new(db, status, opts.coherence, versions))
+}
 
+/// A mounted filesystem and what serves it.
+struct Mounted {
+    bg: fuser::BackgroundSession,
+    queues: Option<Queues>,
+}
+
+/// Mount `fs` on `mount`, attach the kernel's invalidations to the tree, and start the
+/// transport: io_uring queues if INIT agreed to them, else fuser's threads alone.
+fn mount_fs(opts: &DaemonOpts, mount: &Path, fs: Arc<PmxFs>) -> Result<Mounted> {
+    let tree = fs.tree.clone();
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("pmxfs".into()),
@@ -223,19 +271,19 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     cfg.clone_fd = threads > 1;
     let want_ring = opts.transport != Transport::DevFuse && uring::available();
     let nego = Negotiation::new(want_ring);
-    let fs = Arc::new(PmxFs::new(sh.clone()));
-    let session = Session::new(FuserFs::new(fs.clone(), nego.clone()), &mount, &cfg)
+    let session = Session::new(FuserFs::new(fs.clone(), nego.clone()), mount, &cfg)
         .with_context(|| format!("cannot mount on {}", mount.display()))?;
     let dev = session.as_fd().try_clone_to_owned()?;
     let ring_dev = session.as_fd().try_clone_to_owned()?;
-    sh.set_invalidator(Invalidator::start(session.notifier(), dev)?);
+    tree.set_invalidator(Invalidator::start(session.notifier(), dev)?);
     let bg = session.spawn()?;
     let mut queues = None;
     let transport = match nego.wait(Duration::from_secs(10)) {
         // A cluster node's writers wait in their handler for the CPG round trip: they
         // run on a worker pool so that a queue keeps serving its CPU's readers.
         Some((true, _)) => {
-            match uring::start(ring_dev, fs, MAX_WRITE, (!opts.local).then_some(threads)) {
+            let workers = (!opts.local).then_some(threads);
+            match uring::start(ring_dev, fs, MAX_WRITE, workers, opts.faults) {
                 Ok(q) => {
                     let t = format!("io_uring, {} queues", q.count);
                     queues = Some(q);
@@ -258,28 +306,36 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         }
         None => "/dev/fuse".to_string(),
     };
-    let _ = sh.transport.set(transport);
+    let _ = tree.transport.set(transport);
     tracing::info!(
         mount = %mount.display(),
         coherence = opts.coherence,
-        ?mode,
-        transport = sh.transport.get().map(String::as_str),
+        mode = ?tree.status.mode,
+        transport = tree.transport.get().map(String::as_str),
         "mounted"
     );
-    if !opts.local {
-        sh.set_replicator(Box::new(crate::cluster::runner::start(sh.clone())?));
-        let (sh2, name) = (sh.clone(), opts.nodename.clone());
-        std::thread::Builder::new()
-            .name("pmxfs-base-dirs".into())
-            .spawn(move || {
-                while !sh2.status.quorate() {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                ensure_base_dirs(&sh2, &name);
-            })?;
-    }
+    Ok(Mounted { bg, queues })
+}
 
-    let sock = control::socket_path(&mount);
+/// Route the kernel's writes through the cluster, and create the node's directories
+/// once the node is quorate.
+fn join_cluster(tree: &Arc<Tree>, nodename: &str) -> Result<()> {
+    tree.set_replicator(Box::new(crate::cluster::runner::start(tree.clone())?));
+    let (tree, name) = (tree.clone(), nodename.to_string());
+    std::thread::Builder::new()
+        .name("pmxfs-base-dirs".into())
+        .spawn(move || {
+            while !tree.status.quorate() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            ensure_base_dirs(&tree, &name);
+        })?;
+    Ok(())
+}
+
+/// Serve the control socket; returns its path.
+fn serve_control(opts: &DaemonOpts, mount: &Path, tree: &Arc<Tree>) -> Result<PathBuf> {
+    let sock = control::socket_path(mount);
     if let Some(d) = sock.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -288,19 +344,26 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         .with_context(|| format!("cannot bind {}", sock.display()))?;
     control::serve(
         listener,
-        sh.clone(),
+        tree.clone(),
         control::Info {
-            mount: mount.clone(),
+            mount: mount.to_path_buf(),
             db: opts.db.clone(),
-            debug_remote_ops: opts.debug_remote_ops,
+            debug_hooks: opts.debug_hooks,
         },
     )?;
+    Ok(sock)
+}
 
+/// Wait for SIGTERM or SIGINT, an external unmount, or a transport that stopped
+/// (`failed`); returns why.
+fn wait_for_stop(
+    stop_signals: nix::sys::signal::SigSet,
+    mounted: &Mounted,
+) -> Result<(String, bool)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut failed = false;
-    let why = rt.block_on(async {
+    let r = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -311,33 +374,19 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM".to_string()),
-                _ = int.recv() => return Ok("SIGINT".to_string()),
+                _ = term.recv() => return Ok::<_, std::io::Error>(("SIGTERM".to_string(), false)),
+                _ = int.recv() => return Ok(("SIGINT".to_string(), false)),
                 _ = hup.recv() => tracing::warn!("SIGHUP ignored: pmxfs stops on SIGTERM or SIGINT"),
                 _ = tick.tick() => {
-                    if bg.guard.is_finished() {
-                        return Ok("unmounted externally".to_string());
+                    if mounted.bg.guard.is_finished() {
+                        return Ok(("unmounted externally".to_string(), false));
                     }
-                    if let Some(why) = queues.as_ref().and_then(|q| q.stopped()) {
-                        failed = true;
-                        return Ok(why.to_string());
+                    if let Some(why) = mounted.queues.as_ref().and_then(|q| q.stopped()) {
+                        return Ok((why.to_string(), true));
                     }
                 }
             }
         }
     })?;
-    tracing::info!("{why}: unmounting {}", mount.display());
-    let _ = std::fs::remove_file(&sock);
-    if let Err(e) = bg.umount_and_join() {
-        tracing::debug!("unmount: {e}");
-    }
-    if let Err(e) = sh.db.write().checkpoint() {
-        tracing::warn!(
-            "final checkpoint failed (the intent log and the WAL are replayed at the next start): {e}"
-        );
-    }
-    if failed {
-        anyhow::bail!("{why}");
-    }
-    Ok(())
+    Ok(r)
 }

@@ -1,18 +1,24 @@
 //! pmxfs: a Rust re-implementation of Proxmox VE's clustered configuration filesystem.
 //!
-//! The crate is layered so that policy stays testable without a kernel: [`memdb`] (the
-//! tree and its SQLite store), [`locks`] and [`coherence`] are pure; [`fs`] adapts them
-//! to FUSE, [`notify`] talks back to the kernel, [`daemon`] wires it all together.
-pub mod clock;
+//! The daemon is a tree service with adapters around it:
+//! - [`tree`]: the memdb (crate `memdb`, stored by crate `storage`) and everything that
+//!   follows a change of it: node status, the kernel's references, invalidations, the
+//!   shared-memory versions, metrics, the clock;
+//! - [`fs`]: the filesystem's request handlers and open files, carried by [`transport`]
+//!   (fuser's `/dev/fuse` loop, or FUSE over io_uring);
+//! - [`cluster`]: the corosync adapter around cluster-sync's protocol core;
+//! - [`control`]: the control socket behind `pmxfs status`.
+//!
+//! The adapters import the tree, never each other. [`daemon`] starts them in order;
+//! [`coherence`] is the pure cache policy, [`mountpoint`] the mount-point checks.
 pub mod cluster;
 pub mod coherence;
 pub mod control;
 pub mod daemon;
+pub mod faults;
 pub mod fs;
 pub mod mountpoint;
-pub mod notify;
-pub mod status;
-pub mod uring;
-pub mod vfiles;
+pub mod transport;
+pub mod tree;
 
 pub use pmxfs_client::{cfs_lock, CfsLockError, CfsLockGuard};

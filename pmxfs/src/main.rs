@@ -116,9 +116,13 @@ struct DaemonArgs {
     /// fuse.enable_uring=1) or /dev/fuse reader threads.
     #[arg(long, value_enum, default_value = "auto")]
     transport: TransportArg,
-    /// Accept operations injected on the control socket as if from another node (tests).
+    /// Accept the control socket's test hooks: operations injected as if from another
+    /// node, and moving the daemon's clock forward.
     #[arg(long, hide = true)]
-    debug_remote_ops: bool,
+    debug_hooks: bool,
+    /// Inject a fault (tests): stall-apply, fail-queue=N, fail-queue-after=N.
+    #[arg(long = "fault", hide = true, value_name = "FAULT")]
+    faults: Vec<pmxfs::faults::Fault>,
 }
 
 fn secs(s: f64) -> Result<Duration> {
@@ -173,11 +177,12 @@ fn run_daemon(a: DaemonArgs) -> Result<()> {
         },
         threads: a.threads,
         transport: match a.transport {
-            TransportArg::Auto => pmxfs::uring::Transport::Auto,
-            TransportArg::IoUring => pmxfs::uring::Transport::IoUring,
-            TransportArg::DevFuse => pmxfs::uring::Transport::DevFuse,
+            TransportArg::Auto => pmxfs::transport::Transport::Auto,
+            TransportArg::IoUring => pmxfs::transport::Transport::IoUring,
+            TransportArg::DevFuse => pmxfs::transport::Transport::DevFuse,
         },
-        debug_remote_ops: a.debug_remote_ops,
+        debug_hooks: a.debug_hooks,
+        faults: pmxfs::faults::Faults::from_list(&a.faults),
     };
     daemon::run(opts)
 }

@@ -140,10 +140,10 @@ impl LoggedStore {
         let shared = Arc::new(Shared::default());
         shared.state.lock().applied = applied;
         if deferral == Deferral::Stalled {
-            tracing::warn!("PMXFS_STALL_APPLY: changes are logged but not applied");
+            tracing::warn!("fault stall-apply: changes are logged but not applied");
             let mut st = shared.state.lock();
             st.halted = true;
-            st.failing = Some("stalled on purpose (PMXFS_STALL_APPLY)".into());
+            st.failing = Some("stalled on purpose (--fault stall-apply)".into());
         }
         let applier = if deferral != Deferral::Off {
             let (sh, db) = (shared.clone(), sqlite.clone());

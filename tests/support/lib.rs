@@ -41,17 +41,11 @@ pub struct Pmxfs {
     pub run: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
-    env: Vec<(String, String)>,
 }
 
 impl Pmxfs {
-    /// Start with extra arguments (always `--local --debug-remote-ops`).
+    /// Start with extra arguments (always `--local --debug-hooks`).
     pub fn start(extra: &[&str]) -> Pmxfs {
-        Pmxfs::start_with_env(extra, &[])
-    }
-
-    /// Start with extra arguments and environment variables.
-    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Pmxfs {
         let dir = tempfile::Builder::new()
             .prefix("pmxfs-test-")
             .tempdir()
@@ -66,10 +60,6 @@ impl Pmxfs {
             run,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
         };
         p.spawn_and_wait();
         p
@@ -84,7 +74,7 @@ impl Pmxfs {
     pub fn command_for(&self, db: &Path, mnt: &Path) -> Command {
         let mut c = Command::new(bin("pmxfs"));
         c.arg("--local")
-            .arg("--debug-remote-ops")
+            .arg("--debug-hooks")
             .arg("--nodename")
             .arg("n1")
             .arg("--mount")
@@ -93,8 +83,7 @@ impl Pmxfs {
             .arg(db)
             .args(&self.args)
             .env("PMXFS_RUN_DIR", &self.run)
-            .env("PMXFS_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+            .env("PMXFS_LOG", "warn");
         c
     }
 
@@ -223,9 +212,27 @@ impl Pmxfs {
         }
     }
 
-    /// Leave `key` out of the environment of the next `restart`.
-    pub fn remove_env(&mut self, key: &str) {
-        self.env.retain(|(k, _)| k != key);
+    /// Leave `--fault <fault>` out of the next `restart`.
+    pub fn without_fault(&mut self, fault: &str) {
+        let at = self
+            .args
+            .windows(2)
+            .position(|w| w[0] == "--fault" && w[1] == fault)
+            .unwrap_or_else(|| panic!("not started with --fault {fault}"));
+        self.args.drain(at..at + 2);
+    }
+
+    /// Move the daemon's clock forward by `secs` (the `--debug-hooks` clock), so that
+    /// a lock expires without the test sleeping out its timeout.
+    pub fn advance_clock(&self, secs: u64) {
+        let r = self.request(serde_json::json!({"cmd": "advance-clock", "secs": secs}));
+        assert_eq!(r["ok"], true, "advance-clock: {r}");
+    }
+
+    /// Return once every invalidation the daemon queued so far reached the kernel.
+    pub fn barrier(&self) {
+        let r = self.request(serde_json::json!({"cmd": "barrier"}));
+        assert_eq!(r["ok"], true, "barrier: {r}");
     }
 
     /// Start again on the same directory and database.
@@ -574,4 +581,30 @@ pub fn kernel_stacks(pid: u32) -> String {
         }
     }
     out
+}
+
+/// The errno of a result, 0 for success.
+pub fn err_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => errno(&e),
+    }
+}
+
+/// Start a daemon on one transport and check it is the one carrying requests.
+pub fn start_on(transport: &str) -> Pmxfs {
+    let fs = Pmxfs::start(&["--transport", transport]);
+    let t = fs.status()["transport"].as_str().unwrap_or("").to_string();
+    match transport {
+        // setup.sh turns on fuse.enable_uring; without it this fails instead of
+        // quietly testing /dev/fuse twice.
+        "io-uring" => assert!(t.starts_with("io_uring"), "transport {t}: {}", fs.log()),
+        _ => assert_eq!(t, "/dev/fuse"),
+    }
+    fs
+}
+
+/// Requests the io_uring queues served so far.
+pub fn ring_requests(fs: &Pmxfs) -> u64 {
+    fs.status()["requests"]["io_uring"].as_u64().unwrap()
 }

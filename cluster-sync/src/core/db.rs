@@ -14,6 +14,20 @@ pub enum CoreError {
     Interrupted,
     /// The node is in error mode and accepts no writes (EIO).
     Failed,
+    /// The node already keeps `MAX_UNANSWERED` requests unanswered (EAGAIN).
+    Overloaded,
+}
+
+/// Why [`Database::apply`] did not apply an op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError<E> {
+    /// The op is invalid on this tree (EEXIST, ENOENT, ...). Every member decides alike,
+    /// since all apply the same ops to the same tree; the writer is answered with it.
+    Refused(E),
+    /// The store could not persist the change. The database is unchanged, but it no
+    /// longer follows the members that could: this member stops (mode `Error`) and the
+    /// adapter restarts it, which resyncs it from the others.
+    Storage(String),
 }
 
 /// The replicated application: a tree that applies ops deterministically.
@@ -55,14 +69,26 @@ pub trait Database {
     type Entry: Clone + Debug;
     /// Errno-like result of an op.
     type Error: Clone + Debug;
+    /// What applying an op changed, handed to the adapter in `Action::Applied`.
+    type Outcome: Debug;
 
     /// Apply one op on behalf of `writer` at the writer's `time` (seconds).
     /// A failed op must leave the database unchanged and must not bump the version.
-    fn apply(&mut self, op: &Self::Op, writer: NodeId, time: u32) -> Result<(), Self::Error>;
+    fn apply(
+        &mut self,
+        op: &Self::Op,
+        writer: NodeId,
+        time: u32,
+    ) -> Result<Self::Outcome, ApplyError<Self::Error>>;
 
     /// The current summary, including the persisted term of the tree; `entries`
     /// sorted by inode.
     fn index(&self) -> DbIndex;
+
+    /// The persisted term of the tree, `index().term` without building the index.
+    fn term(&self) -> Term {
+        self.index().term
+    }
 
     /// The highest term this node promised to join (0 if never); persisted.
     fn promised_term(&self) -> Term;

@@ -1,6 +1,6 @@
 //! The core's inputs and outputs.
 use super::message::Message;
-use super::types::{Member, Mode, NodeId, ReqId};
+use super::types::{Epoch, Member, Mode, NodeId, ReqId};
 
 /// An input to [`super::Node::handle`].
 #[derive(Debug, Clone)]
@@ -41,9 +41,10 @@ pub enum Event<O, E> {
     },
 }
 
-/// An output of [`super::Node::handle`], to be carried out in order.
+/// An output of [`super::Node::handle`], to be carried out in order. `X` is what the
+/// database reports of an applied op ([`super::Database::Outcome`]).
 #[derive(Debug, Clone)]
-pub enum Action<O, E, R> {
+pub enum Action<O, E, R, X> {
     /// Multicast to the group (CPG AGREED).
     Multicast(Message<O, E>),
     /// Answer a local request; sent exactly once per `LocalRequest`.
@@ -53,10 +54,11 @@ pub enum Action<O, E, R> {
         /// Its outcome.
         result: Result<(), R>,
     },
-    /// `op` was applied to the database (successfully).
+    /// An op was applied to the database: the adapter publishes what changed. Comes
+    /// before the writer's `Reply`.
     Applied {
-        /// The op.
-        op: O,
+        /// What the database reported.
+        outcome: X,
         /// Its writer.
         writer: NodeId,
         /// Writer's time it was applied with.
@@ -64,8 +66,14 @@ pub enum Action<O, E, R> {
         /// Written by this node (its kernel already saw the change).
         local: bool,
     },
-    /// The database was replaced by the leader's: invalidate everything.
-    SyncInstalled,
+    /// The database was replaced by the leader's tree of round `epoch`: anything
+    /// may have changed.
+    SyncInstalled {
+        /// Whose tree.
+        leader: Member,
+        /// The round.
+        epoch: Epoch,
+    },
     /// The protocol mode changed.
     ModeChanged(Mode),
 }

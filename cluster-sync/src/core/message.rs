@@ -28,7 +28,7 @@ pub enum Body<O, E> {
         /// The term the sender proposes for the round: above every promise and term it
         /// knows of. Members promise it before sending their State, so when all could,
         /// the round accepts it without a separate Promise exchange.
-        term: Term,
+        proposed_term: Term,
     },
     /// A member's database summary for one round.
     State {
@@ -40,17 +40,17 @@ pub enum Body<O, E> {
         quorate: bool,
         /// The sender durably promised the SyncStart's proposed term (it was above its
         /// promise and term) before sending this.
-        promised_proposal: bool,
+        promised_proposed_term: bool,
         /// The sender's promised term ([`crate::core::Database::promised_term`]) as
         /// of sending this.
-        promised: Term,
+        promised_term: Term,
         /// The sender's database summary, with the term of its tree.
         index: DbIndex,
     },
     /// Sent by every member of a quorate round whose proposed term not every member
-    /// could promise, once it persisted its promise to join `term` (one above every
-    /// promise and term in the round); `term` is accepted only after every member's
-    /// Promise is delivered.
+    /// could promise, once it persisted its promise of `term` (one above every promise
+    /// and term in the round); `term` is accepted only after every member's Promise is
+    /// delivered.
     Promise {
         /// The round.
         epoch: Epoch,

@@ -1,4 +1,4 @@
-//! Cluster mode: memdb replicated over corosync with cluster-sync's protocol core.
-pub mod codec;
-pub mod db;
+//! Cluster mode: the corosync adapter around cluster-sync's protocol core, which
+//! replicates the tree (through `memdb::replica`) and publishes what it applies through
+//! the tree service.
 pub mod runner;

@@ -1,7 +1,9 @@
 //! The cluster thread: a tokio loop over corosync's CPG and quorum descriptors, local
 //! write requests and a clock tick, feeding cluster-sync's pure core and carrying out
-//! its actions. If corosync goes away the node turns read-only, fails the writes in
-//! flight with EIO, and reconnects.
+//! its actions: multicasts go to CPG, answers to the waiting writers, and applied
+//! changes and installed syncs to the tree service. If corosync goes away, or the core
+//! stops because this node's store failed, the node turns read-only, fails the writes
+//! in flight, and joins again (as a new member, which resyncs).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -11,34 +13,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cluster_sync::core::{Action, Event, Member, Node};
+use cluster_sync::core::{Action, Event, Member, Mode, Node};
 use cluster_sync::wire;
 use corosync_sys::{Cmap, Cpg, CpgAddress, CpgEvent, Dispatch, Quorum, QuorumEvent};
+use memdb::codec::MemdbCodec;
+use memdb::replica::Replica;
+use memdb::{Op, Row};
 use nix::errno::Errno;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{channel, Receiver, Sender};
 
-use super::codec::MemdbCodec;
-use super::db::ClusterDb;
-use crate::fs::{Replicator, Shared};
-use crate::status::Member as StatusMember;
-use memdb::Op;
+use crate::tree::status::Member as StatusMember;
+use crate::tree::{Metrics, Origin, Replicator, Tree};
 
 /// CPG group of pmxfs nodes (not pmxcfs's `pve_dcdb_v1`: the encoding differs).
 pub const GROUP: &str = "pmxfs_dcdb_v2";
 
+/// Writes handed to the cluster thread and not yet taken by it. A writer beyond it
+/// waits in `submit` (FUSE workers are few, so it never does in practice); the core
+/// bounds what it keeps unanswered itself.
+pub const REQUEST_QUEUE: usize = 1024;
+
 type Request = (Op, SyncSender<Result<(), Errno>>);
 
-/// Hands FUSE writes to the cluster thread.
+/// Hands the kernel's writes to the cluster thread.
 pub struct ClusterReplicator {
-    tx: UnboundedSender<Request>,
+    tx: Sender<Request>,
 }
 
 impl Replicator for ClusterReplicator {
     fn submit(&self, op: Op) -> Result<(), Errno> {
         let (tx, rx) = sync_channel(1);
-        self.tx.send((op, tx)).map_err(|_| Errno::EIO)?;
+        self.tx.blocking_send((op, tx)).map_err(|_| Errno::EIO)?;
         rx.recv().unwrap_or(Err(Errno::EIO))
     }
 }
@@ -52,9 +59,9 @@ impl AsRawFd for Fd {
     }
 }
 
-/// Start the cluster thread; returns the replicator for [`Shared::set_replicator`].
-pub fn start(sh: Arc<Shared>) -> Result<ClusterReplicator> {
-    let (tx, rx) = unbounded_channel();
+/// Start the cluster thread; returns the replicator for [`Tree::set_replicator`].
+pub fn start(tree: Arc<Tree>) -> Result<ClusterReplicator> {
+    let (tx, rx) = channel(REQUEST_QUEUE);
     std::thread::Builder::new()
         .name("pmxfs-cluster".into())
         .spawn(move || {
@@ -62,18 +69,18 @@ pub fn start(sh: Arc<Shared>) -> Result<ClusterReplicator> {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(supervise(sh, rx));
+            rt.block_on(supervise(tree, rx));
         })?;
     Ok(ClusterReplicator { tx })
 }
 
-async fn supervise(sh: Arc<Shared>, mut rx: UnboundedReceiver<Request>) {
+async fn supervise(tree: Arc<Tree>, mut rx: Receiver<Request>) {
     loop {
-        match session(&sh, &mut rx).await {
+        match session(&tree, &mut rx).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::error!("cluster connection lost: {e:#}; read-only until it is back");
-                sh.status.set_quorate(false);
+                tree.status.set_quorate(false);
                 // Writes arriving while disconnected fail at once rather than hang.
                 let deadline = tokio::time::sleep(Duration::from_secs(2));
                 tokio::pin!(deadline);
@@ -91,15 +98,11 @@ async fn supervise(sh: Arc<Shared>, mut rx: UnboundedReceiver<Request>) {
     }
 }
 
-fn now() -> u32 {
-    crate::clock::now_secs()
-}
-
 fn member(a: &CpgAddress) -> Member {
     Member::new(a.nodeid, a.pid)
 }
 
-async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Result<()> {
+async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Request>) -> Result<()> {
     let cpg = Cpg::initialize().context("cpg_initialize")?;
     let quorum = Quorum::initialize().context("quorum_initialize")?;
     let cmap = Cmap::initialize().ok();
@@ -115,44 +118,67 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
         .map_err(|e| anyhow::anyhow!("registering the quorum fd: {e:?}"))?;
     tracing::info!(nodeid = me, group = GROUP, "joined the cluster group");
 
-    let mut node = Node::new(Member::new(me, pid), ClusterDb::new(sh.clone(), me));
+    let mut node = Node::new(Member::new(me, pid), tree.replica());
     let mut waiting: Waiting = HashMap::new();
     let mut next_req = 0u64;
-    let run = |node: &mut Node<ClusterDb>,
-               waiting: &mut Waiting,
-               ev: Event<Op, memdb::Row>|
-     -> Result<()> {
+    let m = &tree.metrics;
+    let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
         let (resent, resyncs) = (node.resent(), node.resyncs());
         let actions = node.handle(ev);
-        sh.cluster_resent
+        m.cluster_resent
             .fetch_add(node.resent() - resent, Ordering::Relaxed);
-        sh.cluster_resyncs
+        m.cluster_resyncs
             .fetch_add(node.resyncs() - resyncs, Ordering::Relaxed);
+        let mut stopped = false;
         for a in actions {
             match a {
                 Action::Multicast(msg) => {
-                    sh.cluster_sent.fetch_add(1, Ordering::Relaxed);
+                    Metrics::bump(&m.cluster_sent);
                     let bytes = wire::encode::<MemdbCodec>(&msg);
                     if let Err(e) = cpg.mcast_joined(&[&bytes]) {
                         return Err(anyhow::anyhow!("cpg_mcast_joined: {e}"));
                     }
+                }
+                // Published before the writer's answer, which comes after it.
+                Action::Applied { outcome, local, .. } => {
+                    let origin = if local {
+                        Origin::Kernel
+                    } else {
+                        Origin::Remote
+                    };
+                    tree.delivered(&outcome, origin);
+                }
+                Action::SyncInstalled { leader, epoch } => {
+                    tracing::info!(%leader, %epoch, "installed the cluster leader's tree");
+                    tree.synced();
                 }
                 Action::Reply { req_id, result } => {
                     if let Some(w) = waiting.remove(&req_id) {
                         let _ = w.send(result);
                     }
                 }
-                Action::ModeChanged(m) => tracing::info!(mode = ?m, "cluster sync mode"),
-                Action::SyncInstalled => tracing::info!("installed the cluster leader's tree"),
-                Action::Applied { .. } => {}
+                Action::ModeChanged(Mode::Error) => stopped = true,
+                Action::ModeChanged(mode) => tracing::info!(?mode, "cluster sync mode"),
             }
+        }
+        if stopped {
+            // The core answered everything it held; its tree is what the store has.
+            // Joining again as a new member resyncs it from the others.
+            Metrics::bump(&m.cluster_restarts);
+            anyhow::bail!("the protocol core stopped; joining the group again");
         }
         Ok(())
     };
 
     let q = quorum.getquorate().unwrap_or(false);
-    sh.status.set_quorate(q);
-    run(&mut node, &mut waiting, Event::Tick { now: now() })?;
+    tree.status.set_quorate(q);
+    run(
+        &mut node,
+        &mut waiting,
+        Event::Tick {
+            now: tree.clock.now(),
+        },
+    )?;
     run(&mut node, &mut waiting, Event::Quorum(q))?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -161,15 +187,15 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
                 let mut g = g?;
                 let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
                 g.clear_ready();
-                quorum_events(sh, &quorum, &mut node, &mut waiting, &run)?;
+                quorum_events(tree, &quorum, &mut node, &mut waiting, &run)?;
                 for e in events {
-                    cpg_event(sh, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
+                    cpg_event(tree, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
                 }
             }
             g = q_fd.readable() => {
                 let mut g = g?;
                 g.clear_ready();
-                quorum_events(sh, &quorum, &mut node, &mut waiting, &run)?;
+                quorum_events(tree, &quorum, &mut node, &mut waiting, &run)?;
             }
             r = rx.recv() => {
                 let Some((op, reply)) = r else { return Ok(()) };
@@ -180,11 +206,11 @@ async fn session(sh: &Arc<Shared>, rx: &mut UnboundedReceiver<Request>) -> Resul
             _ = tick.tick() => {
                 // Also drains anything an edge-triggered wakeup might have left behind.
                 let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
-                quorum_events(sh, &quorum, &mut node, &mut waiting, &run)?;
+                quorum_events(tree, &quorum, &mut node, &mut waiting, &run)?;
                 for e in events {
-                    cpg_event(sh, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
+                    cpg_event(tree, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
                 }
-                run(&mut node, &mut waiting, Event::Tick { now: now() })?;
+                run(&mut node, &mut waiting, Event::Tick { now: tree.clock.now() })?;
             }
         }
     }
@@ -204,16 +230,16 @@ type Waiting = HashMap<u64, SyncSender<Result<(), Errno>>>;
 /// of a node cut off alone would let it accept a term and apply writes without quorum;
 /// a stale "not quorate" leaves the round without a term.
 fn quorum_events(
-    sh: &Shared,
+    tree: &Tree,
     quorum: &Quorum,
-    node: &mut Node<ClusterDb>,
+    node: &mut Node<Replica>,
     waiting: &mut Waiting,
-    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, memdb::Row>) -> Result<()>,
+    run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
 ) -> Result<()> {
     for e in quorum.dispatch(Dispatch::All).context("quorum_dispatch")? {
         if let QuorumEvent::Quorum { quorate, .. } = e {
             tracing::info!(quorate, "quorum changed");
-            sh.status.set_quorate(quorate);
+            tree.status.set_quorate(quorate);
             run(node, waiting, Event::Quorum(quorate))?;
         }
     }
@@ -223,16 +249,16 @@ fn quorum_events(
 /// Feed one CPG callback to the core (every path that dispatches CPG goes through here,
 /// so no configuration change can be dropped).
 fn cpg_event(
-    sh: &Shared,
+    tree: &Tree,
     cmap: Option<&Cmap>,
-    node: &mut Node<ClusterDb>,
+    node: &mut Node<Replica>,
     waiting: &mut Waiting,
-    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, memdb::Row>) -> Result<()>,
+    run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
     e: CpgEvent,
 ) -> Result<()> {
     match e {
         CpgEvent::Deliver { nodeid, pid, data } => {
-            sh.cluster_delivered.fetch_add(1, Ordering::Relaxed);
+            Metrics::bump(&tree.metrics.cluster_delivered);
             deliver(node, waiting, run, nodeid, pid, &data)
         }
         CpgEvent::ConfChg {
@@ -240,7 +266,7 @@ fn cpg_event(
             left,
             joined,
         } => {
-            publish_members(sh, cmap, &members);
+            publish_members(tree, cmap, &members);
             run(
                 node,
                 waiting,
@@ -258,9 +284,9 @@ fn cpg_event(
 /// Decode a delivered message and hand it to the core; malformed ones are logged and
 /// dropped.
 fn deliver(
-    node: &mut Node<ClusterDb>,
+    node: &mut Node<Replica>,
     waiting: &mut Waiting,
-    run: &impl Fn(&mut Node<ClusterDb>, &mut Waiting, Event<Op, memdb::Row>) -> Result<()>,
+    run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
     nodeid: u32,
     pid: u32,
     data: &[u8],
@@ -287,7 +313,7 @@ fn deliver(
 }
 
 /// Publish the membership for `.members` and `pmxfs status`, with names from cmap.
-fn publish_members(sh: &Shared, cmap: Option<&Cmap>, members: &[CpgAddress]) {
+fn publish_members(tree: &Tree, cmap: Option<&Cmap>, members: &[CpgAddress]) {
     let online: Vec<u32> = members.iter().map(|m| m.nodeid).collect();
     let (name, list) = match cmap {
         Some(c) => (c.cluster_name().ok(), c.nodelist().unwrap_or_default()),
@@ -317,5 +343,5 @@ fn publish_members(sh: &Shared, cmap: Option<&Cmap>, members: &[CpgAddress]) {
         }
     }
     out.sort_by_key(|m| m.id);
-    sh.status.set_members(name, out);
+    tree.status.set_members(name, out);
 }

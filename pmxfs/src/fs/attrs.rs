@@ -7,7 +7,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 
 use memdb::{paths, Entry, Kind, MemDb, ROOT_INODE};
 
-use super::fuse_ino;
+use crate::tree::FuseIno;
 
 /// Mode bits for an entry at `path` (`""` is the root).
 pub fn perm(kind: FileType, path: &str, quorate: bool) -> u16 {
@@ -26,10 +26,10 @@ pub fn perm(kind: FileType, path: &str, quorate: bool) -> u16 {
 }
 
 /// Attributes of `size` bytes, `mtime`, `kind` and `perm` for FUSE inode `ino`.
-pub fn make(ino: u64, kind: FileType, perm: u16, size: u64, mtime: u32, gid: u32) -> FileAttr {
+pub fn make(ino: FuseIno, kind: FileType, perm: u16, size: u64, mtime: u32, gid: u32) -> FileAttr {
     let t = UNIX_EPOCH + Duration::from_secs(mtime as u64);
     FileAttr {
-        ino: INodeNo(ino),
+        ino: INodeNo(ino.0),
         size,
         blocks: size.div_ceil(512),
         atime: t,
@@ -62,7 +62,7 @@ pub fn of_entry(db: &MemDb, e: &Entry, quorate: bool, gid: u32, size: Option<u64
         db.path_of(e.row.inode).unwrap_or_default()
     };
     make(
-        fuse_ino(e.row.inode),
+        FuseIno::of(e.row.inode),
         kind,
         perm(kind, &path, quorate),
         size.unwrap_or(e.size()),

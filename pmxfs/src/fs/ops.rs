@@ -5,36 +5,24 @@
 //! hands its reply to the invalidation thread instead (see `notify`).
 
 use std::ffi::OsStr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, FopenFlags, TimeOrNow};
 use nix::errno::Errno;
 
-use crate::clock::now_secs;
-use crate::coherence::Ttls;
-use crate::vfiles::{self, Virt};
 use memdb::{paths, LockEvent, MemDb, Op, ROOT_INODE};
+
+use crate::coherence::Ttls;
+use crate::tree::vfiles::{self, Virt};
+use crate::tree::{FuseIno, Metrics};
 
 use super::handles::Handle;
 use super::reply::{
     AttrReply, CreateReply, DataReply, DirReply, EmptyReply, EntryReply, OpenReply, Statfs,
     StatfsReply, WriteReply,
 };
-use super::{attrs, fuse_ino, memdb_ino, Shared};
-
-/// The filesystem: its handlers over the shared state.
-pub struct PmxFs {
-    pub(crate) sh: Arc<Shared>,
-}
-
-impl PmxFs {
-    /// A filesystem over `shared`.
-    pub fn new(sh: Arc<Shared>) -> PmxFs {
-        PmxFs { sh }
-    }
-}
+use super::{attrs, PmxFs};
 
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::EINVAL)
@@ -75,9 +63,9 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
-fn secs_of(t: TimeOrNow) -> u32 {
+fn secs_of(t: TimeOrNow, now: u32) -> u32 {
     match t {
-        TimeOrNow::Now => now_secs(),
+        TimeOrNow::Now => now,
         TimeOrNow::SpecificTime(t) => t
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
@@ -86,10 +74,10 @@ fn secs_of(t: TimeOrNow) -> u32 {
 }
 
 impl PmxFs {
-    fn virt_attr(&self, fuse: u64, v: Virt) -> FileAttr {
-        let db = self.sh.db.read();
-        let content = vfiles::content(v, &self.sh.status, &db);
-        let quorate = self.sh.status.quorate();
+    fn virt_attr(&self, fuse: FuseIno, v: Virt) -> FileAttr {
+        let db = self.tree.read();
+        let content = vfiles::content(v, &self.tree.status, &db);
+        let quorate = self.tree.status.quorate();
         let (kind, perm) = match v {
             Virt::Link(_) => (
                 FileType::Symlink,
@@ -102,16 +90,16 @@ impl PmxFs {
             kind,
             perm,
             content.len() as u64,
-            self.sh.status.start_time as u32,
-            self.sh.gid,
+            self.tree.status.start_time as u32,
+            self.gid,
         )
     }
 
     /// Path of a child `name` of FUSE directory `parent`.
-    fn child_path(&self, db: &MemDb, parent: u64, name: &OsStr) -> Result<String, Errno> {
+    fn child_path(&self, db: &MemDb, parent: FuseIno, name: &OsStr) -> Result<String, Errno> {
         let name = name_str(name)?;
         paths::check_name(name)?;
-        let pino = memdb_ino(parent).ok_or(Errno::ENOTDIR)?;
+        let pino = parent.memdb().ok_or(Errno::ENOTDIR)?;
         let pe = db.get(pino).ok_or(Errno::ENOENT)?;
         if !pe.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -125,41 +113,41 @@ impl PmxFs {
         let Some(e) = db.get(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let (attr, t) = self.sh.attr_reply(db, e);
-        self.sh.remember(attr.ino.0);
+        let (attr, t) = self.attr_reply(db, e);
+        self.remember(FuseIno(attr.ino.0));
         reply.entry(&attr, t);
     }
 
-    fn is_virtual_name(&self, parent: u64, name: &OsStr) -> bool {
-        parent == fuse_ino(ROOT_INODE) && name.to_str().and_then(vfiles::by_name).is_some()
+    fn is_virtual_name(&self, parent: FuseIno, name: &OsStr) -> bool {
+        parent == FuseIno::ROOT && name.to_str().and_then(vfiles::by_name).is_some()
     }
 
     /// Commit a handle's buffer.
     fn commit(&self, fh: u64) -> Result<(), Errno> {
-        let Some(h) = self.sh.handles.get(fh) else {
+        let Some(h) = self.handles.get(fh) else {
             return Ok(());
         };
         let mut h = h.lock();
         let (Some(ino), Some(buf)) = (h.ino, h.buf.as_ref()) else {
             return Ok(());
         };
-        let path = self.sh.db.read().path_of(ino).ok_or(Errno::ENOENT)?;
+        let path = self.tree.read().path_of(ino).ok_or(Errno::ENOENT)?;
         let op = Op::Write {
             path,
             offset: 0,
             data: buf.clone(),
             truncate: true,
         };
-        self.sh.apply_local(&op)?;
+        self.tree.from_kernel(&op)?;
         let data = h.buf.take().unwrap_or_default();
         h.snapshot = Arc::new(data);
         // No invalidation: the kernel dropped its size and mtime at each WRITE (and at an
         // O_TRUNC open), and attributes read while the handle was dirty were not cached.
-        self.sh.handles.cleaned(ino);
+        self.handles.cleaned(ino);
         Ok(())
     }
 
-    fn open_handle(&self, ino: u64, writable: bool) -> Result<u64, Errno> {
+    fn open_handle(&self, ino: FuseIno, writable: bool) -> Result<u64, Errno> {
         if let Some((_, v)) = vfiles::by_ino(ino) {
             if writable {
                 return Err(Errno::EACCES);
@@ -167,27 +155,28 @@ impl PmxFs {
             if matches!(v, Virt::Link(_)) {
                 return Err(Errno::ELOOP);
             }
-            let db = self.sh.db.read();
-            let content = vfiles::content(v, &self.sh.status, &db).into_bytes();
-            return Ok(self.sh.handles.insert(Handle {
+            let db = self.tree.read();
+            let content = vfiles::content(v, &self.tree.status, &db).into_bytes();
+            return Ok(self.add_handle(Handle {
                 ino: None,
                 snapshot: Arc::new(content),
                 buf: None,
                 writable: false,
             }));
         }
-        if writable && !self.sh.status.quorate() {
+        if writable && !self.tree.status.quorate() {
             return Err(Errno::EACCES);
         }
-        let db = self.sh.db.read();
-        let m = memdb_ino(ino)
-            .and_then(|m| self.sh.live_ino(&db, m))
+        let db = self.tree.read();
+        let m = ino
+            .memdb()
+            .and_then(|m| self.tree.refs.live_ino(&db, m))
             .ok_or(Errno::ENOENT)?;
         let e = db.get(m).ok_or(Errno::ENOENT)?;
         if e.is_dir() {
             return Err(Errno::EISDIR);
         }
-        Ok(self.sh.handles.insert(Handle {
+        Ok(self.add_handle(Handle {
             ino: Some(m),
             snapshot: e.row.data.clone(),
             buf: None,
@@ -196,23 +185,23 @@ impl PmxFs {
     }
 
     /// LOOKUP `name` in FUSE directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
-        self.sh.lookups.fetch_add(1, Ordering::Relaxed);
-        if parent == fuse_ino(ROOT_INODE) {
+    pub fn lookup(&self, parent: FuseIno, name: &OsStr, reply: impl EntryReply) {
+        Metrics::bump(&self.tree.metrics.lookups);
+        if parent == FuseIno::ROOT {
             if let Some((ino, v)) = name.to_str().and_then(vfiles::by_name) {
                 let attr = self.virt_attr(ino, v);
                 let ttl = match v {
-                    Virt::Link(_) => self.sh.policy.default,
+                    Virt::Link(_) => self.policy.default,
                     _ => Ttls {
-                        entry: self.sh.policy.default.entry,
+                        entry: self.policy.default.entry,
                         attr: VIRT_FILE_TTL,
                     },
                 };
                 return reply.entry(&attr, ttl);
             }
         }
-        let db = self.sh.db.read();
-        let Some(pino) = memdb_ino(parent) else {
+        let db = self.tree.read();
+        let Some(pino) = parent.memdb() else {
             return reply.error(Errno::ENOTDIR);
         };
         let Some(name) = name.to_str() else {
@@ -223,7 +212,7 @@ impl PmxFs {
         };
         // An expired lock is gone as far as the kernel is concerned, so the next
         // mkdir reaches us and takes it over.
-        if db.is_expired_lock(e.row.inode, now_secs()) {
+        if db.is_expired_lock(e.row.inode, self.tree.clock.now()) {
             return reply.error(Errno::ENOENT);
         }
         let ino = e.row.inode;
@@ -231,42 +220,43 @@ impl PmxFs {
     }
 
     /// FORGET: the kernel dropped `nlookup` references to `ino`.
-    pub fn forget(&self, ino: u64, nlookup: u64) {
-        self.sh.forget(ino, nlookup);
+    pub fn forget(&self, ino: FuseIno, nlookup: u64) {
+        self.tree.refs.forget(ino, nlookup);
     }
 
     /// GETATTR.
-    pub fn getattr(&self, ino: u64, reply: impl AttrReply) {
-        self.sh.getattrs.fetch_add(1, Ordering::Relaxed);
+    pub fn getattr(&self, ino: FuseIno, reply: impl AttrReply) {
+        Metrics::bump(&self.tree.metrics.getattrs);
         if let Some((_, v)) = vfiles::by_ino(ino) {
             let ttl = if matches!(v, Virt::Link(_)) {
-                self.sh.policy.default.attr
+                self.policy.default.attr
             } else {
                 VIRT_FILE_TTL
             };
             return reply.attr(ttl, &self.virt_attr(ino, v));
         }
-        let db = self.sh.db.read();
-        let Some(m) = memdb_ino(ino).and_then(|m| self.sh.live_ino(&db, m)) else {
+        let db = self.tree.read();
+        let Some(m) = ino.memdb().and_then(|m| self.tree.refs.live_ino(&db, m)) else {
             return reply.error(Errno::ENOENT);
         };
         let Some(e) = db.get(m) else {
             return reply.error(Errno::ENOENT);
         };
-        let (mut attr, t) = self.sh.attr_reply(&db, e);
-        attr.ino = fuser::INodeNo(ino);
+        let (mut attr, t) = self.attr_reply(&db, e);
+        attr.ino = fuser::INodeNo(ino.0);
         reply.attr(t.attr, &attr);
     }
 
     /// SETATTR: chmod/chown only as no-ops, truncate, and mtime.
-    pub fn setattr(&self, ino: u64, req: SetAttr, reply: impl AttrReply) {
-        if memdb_ino(ino).is_none() {
+    pub fn setattr(&self, ino: FuseIno, req: SetAttr, reply: impl AttrReply) {
+        if ino.memdb().is_none() {
             return reply.error(Errno::EACCES);
         }
         let (m, path) = {
-            let db = self.sh.db.read();
-            match memdb_ino(ino)
-                .and_then(|m| self.sh.live_ino(&db, m))
+            let db = self.tree.read();
+            match ino
+                .memdb()
+                .and_then(|m| self.tree.refs.live_ino(&db, m))
                 .and_then(|m| Some((m, db.path_of(m)?)))
             {
                 Some(x) => x,
@@ -284,24 +274,24 @@ impl PmxFs {
                 return reply.error(Errno::EPERM);
             }
         }
-        if req.uid.is_some_and(|u| u != 0) || req.gid.is_some_and(|g| g != self.sh.gid) {
+        if req.uid.is_some_and(|u| u != 0) || req.gid.is_some_and(|g| g != self.gid) {
             return reply.error(Errno::EPERM);
         }
         if let Some(size) = req.size {
-            let max = self.sh.db.read().limits().max_file_size;
-            let handle = req.fh.and_then(|fh| self.sh.handles.get(fh));
+            let max = self.tree.read().limits().max_file_size;
+            let handle = req.fh.and_then(|fh| self.handles.get(fh));
             let writable = handle.as_ref().is_some_and(|h| h.lock().writable);
             let res = match handle {
                 Some(h) if writable => {
                     let mut h = h.lock();
                     match h.ino {
-                        Some(i) => self.sh.handles.modify(i, &mut h, |h| h.truncate(size, max)),
+                        Some(i) => self.handles.modify(i, &mut h, |h| h.truncate(size, max)),
                         None => Err(Errno::EBADF),
                     }
                 }
                 _ => self
-                    .sh
-                    .apply_local(&Op::Write {
+                    .tree
+                    .from_kernel(&Op::Write {
                         path: path.clone(),
                         offset: size,
                         data: Vec::new(),
@@ -316,17 +306,17 @@ impl PmxFs {
         if let Some(t) = req.mtime {
             let op = Op::Mtime {
                 path: path.clone(),
-                mtime: secs_of(t),
+                mtime: secs_of(t, self.tree.clock.now()),
             };
-            if let Err(e) = self.sh.apply_local(&op) {
+            if let Err(e) = self.tree.from_kernel(&op) {
                 return reply.error(e);
             }
         }
-        let db = self.sh.db.read();
+        let db = self.tree.read();
         match db.get(m) {
             Some(e) => {
-                let (mut attr, t) = self.sh.attr_reply(&db, e);
-                attr.ino = fuser::INodeNo(ino);
+                let (mut attr, t) = self.attr_reply(&db, e);
+                attr.ino = fuser::INodeNo(ino.0);
                 reply.attr(t.attr, &attr);
             }
             None => reply.error(Errno::ENOENT),
@@ -334,11 +324,11 @@ impl PmxFs {
     }
 
     /// READLINK of the virtual node symlinks.
-    pub fn readlink(&self, ino: u64, reply: impl DataReply) {
+    pub fn readlink(&self, ino: FuseIno, reply: impl DataReply) {
         match vfiles::by_ino(ino) {
             Some((_, v @ Virt::Link(_))) => {
-                let db = self.sh.db.read();
-                reply.data(vfiles::content(v, &self.sh.status, &db).as_bytes());
+                let db = self.tree.read();
+                reply.data(vfiles::content(v, &self.tree.status, &db).as_bytes());
             }
             _ => reply.error(Errno::EINVAL),
         }
@@ -346,31 +336,31 @@ impl PmxFs {
 
     /// MKDIR; acquiring a lock replies only after the kernel's caches of the paths the
     /// lock protects are invalidated, from the invalidation thread.
-    pub fn mkdir<R: EntryReply + Send + 'static>(&self, parent: u64, name: &OsStr, reply: R) {
+    pub fn mkdir<R: EntryReply + Send + 'static>(&self, parent: FuseIno, name: &OsStr, reply: R) {
         if self.is_virtual_name(parent, name) {
             return reply.error(Errno::EEXIST);
         }
-        let path = match self.child_path(&self.sh.db.read(), parent, name) {
+        let path = match self.child_path(&self.tree.read(), parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let applied = match self.sh.apply_local(&Op::Mkdir { path: path.clone() }) {
+        let applied = match self.tree.from_kernel(&Op::Mkdir { path: path.clone() }) {
             Ok(a) => a,
             Err(e) => return reply.error(e),
         };
-        let db = self.sh.db.read();
+        let db = self.tree.read();
         let Ok(e) = db.resolve(&path) else {
             return reply.error(Errno::ENOENT);
         };
-        let (attr, t) = self.sh.attr_reply(&db, e);
+        let (attr, t) = self.attr_reply(&db, e);
         drop(db);
-        self.sh.remember(attr.ino.0);
-        match (&applied.lock, self.sh.invalidator()) {
+        self.remember(FuseIno(attr.ino.0));
+        match (&applied.lock, self.tree.invalidator()) {
             (Some(LockEvent::Acquired(lock)), Some(inv)) => {
                 // The barrier: the lock is not reported held until the kernel has
                 // dropped what it cached about the paths the lock protects.
-                for f in self.sh.protected_known(lock) {
-                    inv.inode(f);
+                for f in self.tree.protected_known(lock) {
+                    inv.inode(f.0);
                 }
                 inv.epoch();
                 inv.then(move || reply.entry(&attr, t));
@@ -380,15 +370,15 @@ impl PmxFs {
     }
 
     /// UNLINK and RMDIR.
-    pub fn delete(&self, parent: u64, name: &OsStr, reply: impl EmptyReply) {
+    pub fn delete(&self, parent: FuseIno, name: &OsStr, reply: impl EmptyReply) {
         if self.is_virtual_name(parent, name) {
             return reply.error(Errno::EACCES);
         }
-        let path = match self.child_path(&self.sh.db.read(), parent, name) {
+        let path = match self.child_path(&self.tree.read(), parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.sh.apply_local(&Op::Delete { path }) {
+        match self.tree.from_kernel(&Op::Delete { path }) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -397,9 +387,9 @@ impl PmxFs {
     /// RENAME (RENAME2 flags are refused).
     pub fn rename(
         &self,
-        parent: u64,
+        parent: FuseIno,
         name: &OsStr,
-        newparent: u64,
+        newparent: FuseIno,
         newname: &OsStr,
         flags: u32,
         reply: impl EmptyReply,
@@ -412,7 +402,7 @@ impl PmxFs {
             return reply.error(Errno::EINVAL);
         }
         let (from, to) = {
-            let db = self.sh.db.read();
+            let db = self.tree.read();
             match (
                 self.child_path(&db, parent, name),
                 self.child_path(&db, newparent, newname),
@@ -421,24 +411,22 @@ impl PmxFs {
                 (Err(e), _) | (_, Err(e)) => return reply.error(e),
             }
         };
-        match self.sh.apply_local(&Op::Rename { from, to }) {
+        match self.tree.from_kernel(&Op::Rename { from, to }) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     /// OPEN with the kernel's open(2) flags.
-    pub fn open(&self, ino: u64, flags: i32, reply: impl OpenReply) {
+    pub fn open(&self, ino: FuseIno, flags: i32, reply: impl OpenReply) {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         match self.open_handle(ino, writable) {
             Ok(fh) => {
                 if writable && flags & libc::O_TRUNC != 0 {
-                    if let Some(h) = self.sh.handles.get(fh) {
+                    if let Some(h) = self.handles.get(fh) {
                         let mut h = h.lock();
                         if let Some(i) = h.ino {
-                            self.sh
-                                .handles
-                                .modify(i, &mut h, |h| h.buf = Some(Vec::new()));
+                            self.handles.modify(i, &mut h, |h| h.buf = Some(Vec::new()));
                         }
                     }
                 }
@@ -457,7 +445,7 @@ impl PmxFs {
 
     /// READ from a handle's snapshot (or its uncommitted buffer).
     pub fn read(&self, fh: u64, offset: u64, size: u32, reply: impl DataReply) {
-        let Some(h) = self.sh.handles.get(fh) else {
+        let Some(h) = self.handles.get(fh) else {
             return reply.error(Errno::EBADF);
         };
         let h = h.lock();
@@ -469,10 +457,10 @@ impl PmxFs {
 
     /// WRITE into a handle's buffer; committed at flush, fsync or release.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], reply: impl WriteReply) {
-        let Some(h) = self.sh.handles.get(fh) else {
+        let Some(h) = self.handles.get(fh) else {
             return reply.error(Errno::EBADF);
         };
-        if !self.sh.status.quorate() {
+        if !self.tree.status.quorate() {
             return reply.error(Errno::EACCES);
         }
         let mut h = h.lock();
@@ -480,7 +468,7 @@ impl PmxFs {
             return reply.error(Errno::EBADF);
         };
         let (max, room) = {
-            let db = self.sh.db.read();
+            let db = self.tree.read();
             let l = db.limits();
             let committed = db.get(ino).map(|e| e.size()).unwrap_or(0);
             (
@@ -495,7 +483,6 @@ impl PmxFs {
             return reply.error(Errno::ENOSPC);
         }
         match self
-            .sh
             .handles
             .modify(ino, &mut h, |h| h.write(offset, data, max))
         {
@@ -515,12 +502,12 @@ impl PmxFs {
     /// RELEASE: commit what is left and drop the handle.
     pub fn release(&self, fh: u64, reply: impl EmptyReply) {
         let res = self.commit(fh);
-        if let Some(h) = self.sh.handles.remove(fh) {
+        if let Some(h) = self.drop_handle(fh) {
             let h = h.lock();
             if let (Err(e), Some(ino)) = (&res, h.ino) {
                 tracing::warn!(ino, "discarding unwritten data of a closed file: {e}");
                 if h.dirty() {
-                    self.sh.handles.cleaned(ino);
+                    self.handles.cleaned(ino);
                 }
             }
         }
@@ -531,9 +518,9 @@ impl PmxFs {
     }
 
     /// READDIR from entry number `offset` on.
-    pub fn readdir(&self, ino: u64, offset: u64, mut reply: impl DirReply) {
-        let db = self.sh.db.read();
-        let Some(m) = memdb_ino(ino) else {
+    pub fn readdir(&self, ino: FuseIno, offset: u64, mut reply: impl DirReply) {
+        let db = self.tree.read();
+        let Some(m) = ino.memdb() else {
             return reply.error(Errno::ENOTDIR);
         };
         let Some(e) = db.get(m) else {
@@ -545,9 +532,9 @@ impl PmxFs {
         let parent = if m == ROOT_INODE {
             ino
         } else {
-            fuse_ino(e.row.parent)
+            FuseIno::of(e.row.parent)
         };
-        let mut list: Vec<(u64, FileType, &str)> = vec![
+        let mut list: Vec<(FuseIno, FileType, &str)> = vec![
             (ino, FileType::Directory, "."),
             (parent, FileType::Directory, ".."),
         ];
@@ -569,10 +556,10 @@ impl PmxFs {
                 Some(true) => FileType::Directory,
                 _ => FileType::RegularFile,
             };
-            list.push((fuse_ino(*child), kind, name));
+            list.push((FuseIno::of(*child), kind, name));
         }
         for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(*ino, (i + 1) as u64, *kind, name) {
+            if reply.add(ino.0, (i + 1) as u64, *kind, name) {
                 break;
             }
         }
@@ -581,7 +568,7 @@ impl PmxFs {
 
     /// STATFS: the limits as blocks and inodes.
     pub fn statfs(&self, reply: impl StatfsReply) {
-        let db = self.sh.db.read();
+        let db = self.tree.read();
         let l = db.limits();
         let blocks = l.max_fs_size.div_ceil(4096);
         let used = db.bytes().div_ceil(4096);
@@ -597,30 +584,30 @@ impl PmxFs {
     }
 
     /// CREATE: a new empty file and a writable handle on it.
-    pub fn create(&self, parent: u64, name: &OsStr, reply: impl CreateReply) {
+    pub fn create(&self, parent: FuseIno, name: &OsStr, reply: impl CreateReply) {
         if self.is_virtual_name(parent, name) {
             return reply.error(Errno::EEXIST);
         }
-        let path = match self.child_path(&self.sh.db.read(), parent, name) {
+        let path = match self.child_path(&self.tree.read(), parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        if let Err(e) = self.sh.apply_local(&Op::Create { path: path.clone() }) {
+        if let Err(e) = self.tree.from_kernel(&Op::Create { path: path.clone() }) {
             return reply.error(e);
         }
-        let db = self.sh.db.read();
+        let db = self.tree.read();
         let Ok(e) = db.resolve(&path) else {
             return reply.error(Errno::ENOENT);
         };
-        let (attr, t) = self.sh.attr_reply(&db, e);
-        let fh = self.sh.handles.insert(Handle {
+        let (attr, t) = self.attr_reply(&db, e);
+        let fh = self.add_handle(Handle {
             ino: Some(e.row.inode),
             snapshot: e.row.data.clone(),
             buf: None,
             writable: true,
         });
         drop(db);
-        self.sh.remember(attr.ino.0);
+        self.remember(FuseIno(attr.ino.0));
         reply.created(t.entry.min(t.attr), &attr, fh, FopenFlags::FOPEN_DIRECT_IO);
     }
 }

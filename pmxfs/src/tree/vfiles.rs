@@ -2,8 +2,10 @@
 //! `.members`, `.vmlist`, `.clusterlog`) and the node symlinks (`local`, `qemu-server`,
 //! `lxc`, `openvz`). They shadow database entries of the same name, as pmxcfs's plugs do.
 
-use crate::status::{json_str, Status};
 use memdb::MemDb;
+
+use super::kernel::FuseIno;
+use super::status::{json_str, Status};
 
 /// FUSE inode numbers at and above this are virtual; database inodes stay far below.
 pub const VIRT_BASE: u64 = 1 << 62;
@@ -36,16 +38,16 @@ pub const ENTRIES: &[(&str, Virt)] = &[
 ];
 
 /// The virtual entry called `name` in the root, with its FUSE inode.
-pub fn by_name(name: &str) -> Option<(u64, Virt)> {
+pub fn by_name(name: &str) -> Option<(FuseIno, Virt)> {
     ENTRIES
         .iter()
         .position(|(n, _)| *n == name)
-        .map(|i| (VIRT_BASE + i as u64, ENTRIES[i].1))
+        .map(|i| (FuseIno(VIRT_BASE + i as u64), ENTRIES[i].1))
 }
 
 /// The virtual entry with FUSE inode `ino`, with its name.
-pub fn by_ino(ino: u64) -> Option<(&'static str, Virt)> {
-    let i = ino.checked_sub(VIRT_BASE)? as usize;
+pub fn by_ino(ino: FuseIno) -> Option<(&'static str, Virt)> {
+    let i = ino.0.checked_sub(VIRT_BASE)? as usize;
     ENTRIES.get(i).map(|(n, v)| (*n, *v))
 }
 
@@ -122,6 +124,6 @@ mod tests {
         let (ino, v) = by_name("local").unwrap();
         assert_eq!(by_ino(ino), Some(("local", v)));
         assert!(by_name("nodes").is_none());
-        assert!(by_ino(5).is_none());
+        assert!(by_ino(FuseIno(5)).is_none());
     }
 }

@@ -9,8 +9,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{FopenFlags, TimeOrNow};
 use nix::errno::Errno;
 
-use crate::fs::ops::{refused, PmxFs, SetAttr};
+use crate::fs::ops::{refused, SetAttr};
 use crate::fs::reply::{EmptyReply, Fail, OpenReply};
+use crate::fs::PmxFs;
+use crate::tree::FuseIno;
 
 use super::abi::{self, fattr, op, InHeader, Le};
 use super::outbox::{RingDir, RingReply};
@@ -24,7 +26,7 @@ fn name(payload: &[u8]) -> Result<&OsStr, Errno> {
 /// Handle request `h` whose op argument struct is `arg` and whose names or data are
 /// `payload`; the answer goes to `reply`.
 pub fn dispatch(fs: &PmxFs, h: InHeader, arg: &[u8], payload: &[u8], reply: RingReply) {
-    let ino = h.nodeid;
+    let ino = FuseIno(h.nodeid);
     match h.opcode {
         op::LOOKUP => match name(payload) {
             Ok(n) => fs.lookup(ino, n, reply),
@@ -51,7 +53,7 @@ pub fn dispatch(fs: &PmxFs, h: InHeader, arg: &[u8], payload: &[u8], reply: Ring
                 Some((from, to)) => fs.rename(
                     ino,
                     OsStr::from_bytes(from),
-                    arg.u64_at(0),
+                    FuseIno(arg.u64_at(0)),
                     OsStr::from_bytes(to),
                     flags,
                     reply,
@@ -163,9 +165,9 @@ mod wire_tests {
 
     use super::*;
     use crate::coherence::{Policy, Ttls};
-    use crate::fs::Shared;
-    use crate::status::{Mode, Status};
-    use crate::uring::outbox::{Done, Outbox};
+    use crate::transport::uring::outbox::{Done, Outbox};
+    use crate::tree::status::{Mode, Status};
+    use crate::tree::Tree;
     use memdb::{Limits, MemDb, NullStore};
 
     struct Wire {
@@ -183,7 +185,7 @@ mod wire_tests {
                 default: Ttls::both(ttl),
             };
             Wire {
-                fs: PmxFs::new(Shared::new(db, status, policy, 33, None)),
+                fs: PmxFs::new(Tree::new(db, status, false, None), policy, 33),
                 outbox: Arc::new(Outbox::new().unwrap()),
             }
         }

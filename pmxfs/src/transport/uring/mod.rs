@@ -22,7 +22,8 @@ use std::time::Duration;
 use io_uring::{cqueue, squeue};
 use parking_lot::{Condvar, Mutex};
 
-use crate::fs::ops::PmxFs;
+use crate::faults::Faults;
+use crate::fs::PmxFs;
 
 /// Which transport carries requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,7 @@ pub fn start(
     fs: Arc<PmxFs>,
     max_write: u32,
     workers: Option<usize>,
+    faults: Faults,
 ) -> std::io::Result<Queues> {
     let stopped = Arc::new(OnceLock::new());
     let pool = match workers {
@@ -145,20 +147,12 @@ pub fn start(
     let dev = Arc::new(dev);
     let payload = (max_write as usize).max(abi::MIN_READ_BUFFER);
     let n = queue_count();
-    // Fault injection for the tests: this queue fails before it registers.
-    let fail = std::env::var("PMXFS_FAIL_QUEUE")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
-    // And this one: every queue fails after handling that many requests, which is how
-    // the tests reach the "a queue stopped while the mount is live" path.
-    let fail_after = std::env::var("PMXFS_FAIL_QUEUE_AFTER")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok());
+    let (fail, fail_after) = (faults.fail_queue, faults.fail_queue_after);
     let (tx, rx) = channel();
     for qid in 0..n {
         if fail == Some(qid) {
             let _ = tx.send(Err(format!(
-                "queue {qid}: failure injected by PMXFS_FAIL_QUEUE"
+                "queue {qid}: failure injected (--fault fail-queue={qid})"
             )));
             continue;
         }

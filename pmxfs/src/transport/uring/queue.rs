@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::fs::ops::PmxFs;
+use crate::fs::PmxFs;
 
 use super::abi::{self, InHeader};
 use super::dispatch::dispatch;
@@ -203,7 +203,10 @@ pub fn run(
                 (InHeader::parse(hdr), arg, n)
             };
             let payload = &s.payload[..n.min(s.payload.len())];
-            fs.sh.ring_requests.fetch_add(1, Ordering::Relaxed);
+            fs.tree
+                .metrics
+                .ring_requests
+                .fetch_add(1, Ordering::Relaxed);
             let reply = RingReply::new(outbox.clone(), slot, h.unique);
             match &pool {
                 Some(pool) if waits(h.opcode) => pool.run(h, arg, payload, reply),
@@ -212,7 +215,7 @@ pub fn run(
             handled += 1;
             if fail_after.is_some_and(|n| handled >= n) {
                 return Err(std::io::Error::other(
-                    "failure injected by PMXFS_FAIL_QUEUE_AFTER",
+                    "failure injected (--fault fail-queue-after)",
                 ));
             }
         }

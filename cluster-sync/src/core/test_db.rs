@@ -1,12 +1,11 @@
-//! The simulator's replicated application: a small path tree with pmxcfs lock rules.
+//! A test double of the replicated tree for the core's unit tests: a small path tree
+//! with pmxcfs's lock rules. The simulator does not use it; it runs the real memdb.
 //!
 //! The root entry also carries the ids of every op ever applied (a ghost log shipped
-//! with the tree during sync), so the simulator can tell exactly which acknowledged
-//! writes the converged tree contains.
+//! with the tree during sync), so a test can tell exactly which writes a tree holds.
 use std::collections::BTreeMap;
 
-use crate::core::{CoreError, Database, DbIndex, Digest, NodeId, Term};
-use crate::wire::WireCodec;
+use crate::core::{ApplyError, CoreError, Database, DbIndex, Digest, NodeId, Term};
 
 /// Lock timeout (pmxcfs `CFS_LOCK_TIMEOUT`).
 pub const LOCK_TIMEOUT: u32 = 120;
@@ -192,7 +191,7 @@ impl SimDb {
             applied: Vec::new(),
         };
         for p in ["priv", LOCK_DIR, "a", "b"] {
-            db.apply(
+            db.apply_op(
                 &SimOp::Mkdir {
                     id: 0,
                     path: p.into(),
@@ -214,20 +213,6 @@ impl SimDb {
     /// Global version.
     pub fn version(&self) -> u64 {
         self.version
-    }
-
-    /// Term of the tree (as in [`Database::index`]).
-    pub fn term(&self) -> Term {
-        self.term
-    }
-
-    /// Whether both hold the same tree (what `index()` digests), whatever their terms.
-    pub fn same_tree(&self, other: &SimDb) -> bool {
-        self.version == other.version
-            && self.mtime == other.mtime
-            && self.writer == other.writer
-            && self.applied == other.applied
-            && self.entries == other.entries
     }
 
     /// Content of a file, for tests.
@@ -292,26 +277,8 @@ impl SimDb {
         Ok((p, name))
     }
 
-    fn root_entry(&self) -> SimEntry {
-        SimEntry {
-            inode: 0,
-            parent: 0,
-            name: String::new(),
-            dir: true,
-            data: ghost_bytes(&self.applied),
-            version: self.version,
-            writer: self.writer,
-            mtime: self.mtime,
-        }
-    }
-}
-
-impl Database for SimDb {
-    type Op = SimOp;
-    type Entry = SimEntry;
-    type Error = SimErr;
-
-    fn apply(&mut self, op: &SimOp, writer: NodeId, time: u32) -> Result<(), SimErr> {
+    /// Apply `op` as the tree would; `Err` leaves it unchanged.
+    pub fn apply_op(&mut self, op: &SimOp, writer: NodeId, time: u32) -> Result<(), SimErr> {
         let (parent, name) = self.parent_of(op.path())?;
         let existing = self.child(parent, name);
         let v = self.version + 1;
@@ -383,6 +350,32 @@ impl Database for SimDb {
             self.applied.push(op.id());
         }
         Ok(())
+    }
+
+    fn root_entry(&self) -> SimEntry {
+        SimEntry {
+            inode: 0,
+            parent: 0,
+            name: String::new(),
+            dir: true,
+            data: ghost_bytes(&self.applied),
+            version: self.version,
+            writer: self.writer,
+            mtime: self.mtime,
+        }
+    }
+}
+
+impl Database for SimDb {
+    type Op = SimOp;
+    type Entry = SimEntry;
+    type Error = SimErr;
+    type Outcome = u64;
+
+    fn apply(&mut self, op: &SimOp, writer: NodeId, time: u32) -> Result<u64, ApplyError<SimErr>> {
+        self.apply_op(op, writer, time)
+            .map_err(ApplyError::Refused)?;
+        Ok(op.id())
     }
 
     fn index(&self) -> DbIndex {
@@ -480,119 +473,8 @@ impl Database for SimDb {
             CoreError::NoQuorum => SimErr::Access,
             CoreError::Interrupted => SimErr::Again,
             CoreError::Failed => SimErr::Io,
+            CoreError::Overloaded => SimErr::Again,
         }
-    }
-}
-
-/// Wire encoding of [`SimOp`] and [`SimEntry`].
-pub struct SimCodec;
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s);
-}
-
-struct Cur<'a>(&'a [u8]);
-
-impl<'a> Cur<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err(format!("need {n} bytes, have {}", self.0.len()));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn bytes(&mut self) -> Result<Vec<u8>, String> {
-        let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
-    }
-    fn string(&mut self) -> Result<String, String> {
-        String::from_utf8(self.bytes()?).map_err(|e| e.to_string())
-    }
-    fn end(&self) -> Result<(), String> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} trailing bytes", self.0.len()))
-        }
-    }
-}
-
-impl WireCodec for SimCodec {
-    type Op = SimOp;
-    type Entry = SimEntry;
-
-    fn encode_op(op: &SimOp, out: &mut Vec<u8>) {
-        let tag = match op {
-            SimOp::Mkdir { .. } => 0,
-            SimOp::Create { .. } => 1,
-            SimOp::Write { .. } => 2,
-            SimOp::Delete { .. } => 3,
-        };
-        out.push(tag);
-        out.extend_from_slice(&op.id().to_le_bytes());
-        put_str(out, op.path().as_bytes());
-        if let SimOp::Write { data, .. } = op {
-            put_str(out, data);
-        }
-    }
-
-    fn decode_op(buf: &[u8]) -> Result<SimOp, String> {
-        let mut c = Cur(buf);
-        let tag = c.take(1)?[0];
-        let id = c.u64()?;
-        let path = c.string()?;
-        let op = match tag {
-            0 => SimOp::Mkdir { id, path },
-            1 => SimOp::Create { id, path },
-            2 => SimOp::Write {
-                id,
-                path,
-                data: c.bytes()?,
-            },
-            3 => SimOp::Delete { id, path },
-            t => return Err(format!("unknown op tag {t}")),
-        };
-        c.end()?;
-        Ok(op)
-    }
-
-    fn encode_entry(e: &SimEntry, out: &mut Vec<u8>) {
-        out.extend_from_slice(&e.inode.to_le_bytes());
-        out.extend_from_slice(&e.parent.to_le_bytes());
-        put_str(out, e.name.as_bytes());
-        out.push(e.dir as u8);
-        put_str(out, &e.data);
-        out.extend_from_slice(&e.version.to_le_bytes());
-        out.extend_from_slice(&e.writer.to_le_bytes());
-        out.extend_from_slice(&e.mtime.to_le_bytes());
-    }
-
-    fn decode_entry(buf: &[u8]) -> Result<SimEntry, String> {
-        let mut c = Cur(buf);
-        let e = SimEntry {
-            inode: c.u64()?,
-            parent: c.u64()?,
-            name: c.string()?,
-            dir: match c.take(1)?[0] {
-                0 => false,
-                1 => true,
-                b => return Err(format!("bad dir flag {b}")),
-            },
-            data: c.bytes()?,
-            version: c.u64()?,
-            writer: c.u32()?,
-            mtime: c.u32()?,
-        };
-        c.end()?;
-        Ok(e)
     }
 }
 
@@ -607,21 +489,24 @@ mod tests {
     #[test]
     fn lock_rules() {
         let mut db = SimDb::genesis();
-        assert_eq!(db.apply(&mkdir(1, "priv/lock/x"), 1, 1000), Ok(()));
+        assert_eq!(db.apply_op(&mkdir(1, "priv/lock/x"), 1, 1000), Ok(()));
         assert_eq!(
-            db.apply(&mkdir(2, "priv/lock/x"), 2, 1120),
+            db.apply_op(&mkdir(2, "priv/lock/x"), 2, 1120),
             Err(SimErr::Exist)
         );
-        assert_eq!(db.apply(&mkdir(3, "priv/lock/x"), 2, 1121), Ok(()));
+        assert_eq!(db.apply_op(&mkdir(3, "priv/lock/x"), 2, 1121), Ok(()));
         assert_eq!(db.locks(), vec![("x".to_string(), 1121)]);
         // Plain directories never expire.
-        assert_eq!(db.apply(&mkdir(4, "a/d"), 1, 0), Ok(()));
-        assert_eq!(db.apply(&mkdir(5, "a/d"), 1, 9999), Err(SimErr::Exist));
+        assert_eq!(db.apply_op(&mkdir(4, "a/d"), 1, 0), Ok(()));
+        assert_eq!(db.apply_op(&mkdir(5, "a/d"), 1, 9999), Err(SimErr::Exist));
         assert_eq!(db.applied(), &[1, 3, 4]);
         // A release requested before the takeover does not free the new holder's lock.
         let rm = |id, p: &str| SimOp::Delete { id, path: p.into() };
-        assert_eq!(db.apply(&rm(6, "priv/lock/x"), 1, 1100), Err(SimErr::Busy));
-        assert_eq!(db.apply(&rm(7, "priv/lock/x"), 2, 1130), Ok(()));
+        assert_eq!(
+            db.apply_op(&rm(6, "priv/lock/x"), 1, 1100),
+            Err(SimErr::Busy)
+        );
+        assert_eq!(db.apply_op(&rm(7, "priv/lock/x"), 2, 1130), Ok(()));
     }
 
     #[test]
@@ -633,11 +518,11 @@ mod tests {
             path: p.into(),
             data: b"x".to_vec(),
         };
-        assert_eq!(db.apply(&w("a/nofile"), 1, 5), Err(SimErr::NoEnt));
-        assert_eq!(db.apply(&w("a"), 1, 5), Err(SimErr::IsDir));
-        assert_eq!(db.apply(&mkdir(9, "zz/y"), 1, 5), Err(SimErr::NoEnt));
+        assert_eq!(db.apply_op(&w("a/nofile"), 1, 5), Err(SimErr::NoEnt));
+        assert_eq!(db.apply_op(&w("a"), 1, 5), Err(SimErr::IsDir));
+        assert_eq!(db.apply_op(&mkdir(9, "zz/y"), 1, 5), Err(SimErr::NoEnt));
         assert_eq!(
-            db.apply(
+            db.apply_op(
                 &SimOp::Delete {
                     id: 9,
                     path: "priv".into()
@@ -655,7 +540,7 @@ mod tests {
         let mut leader = SimDb::genesis();
         let mut other = SimDb::genesis();
         leader
-            .apply(
+            .apply_op(
                 &SimOp::Create {
                     id: 1,
                     path: "a/f".into(),
@@ -665,7 +550,7 @@ mod tests {
             )
             .unwrap();
         leader
-            .apply(
+            .apply_op(
                 &SimOp::Write {
                     id: 2,
                     path: "a/f".into(),
@@ -675,7 +560,7 @@ mod tests {
                 11,
             )
             .unwrap();
-        other.apply(&mkdir(3, "b/only-here"), 2, 12).unwrap();
+        other.apply_op(&mkdir(3, "b/only-here"), 2, 12).unwrap();
         let li = leader.index();
         let need = crate::core::updates_needed(&li, [&other.index()]);
         let entries = leader.entries(&need);
@@ -687,24 +572,5 @@ mod tests {
         assert_eq!(other.index(), li);
         assert_eq!(other.read("a/f"), Some(&b"hi"[..]));
         assert_eq!(other.applied(), &[1, 2]);
-    }
-
-    #[test]
-    fn codec_round_trip() {
-        let op = SimOp::Write {
-            id: 7,
-            path: "a/f".into(),
-            data: vec![1, 2, 3],
-        };
-        let mut b = Vec::new();
-        SimCodec::encode_op(&op, &mut b);
-        assert_eq!(SimCodec::decode_op(&b), Ok(op));
-        assert!(SimCodec::decode_op(&b[..b.len() - 1]).is_err());
-        let e = SimDb::genesis().entries(&[0, 2]);
-        for e in e {
-            let mut b = Vec::new();
-            SimCodec::encode_entry(&e, &mut b);
-            assert_eq!(SimCodec::decode_entry(&b), Ok(e));
-        }
     }
 }

@@ -12,8 +12,10 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::ops::{refused, PmxFs, SetAttr};
-use crate::uring::Negotiation;
+use super::uring::Negotiation;
+use crate::fs::ops::{refused, SetAttr};
+use crate::fs::PmxFs;
+use crate::tree::FuseIno;
 
 /// Largest WRITE the kernel sends: a whole file (1 MiB is pmxcfs's file size limit). It
 /// also sizes each io_uring payload buffer.
@@ -63,15 +65,15 @@ impl Filesystem for FuserFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.fs.lookup(parent.0, name, reply);
+        self.fs.lookup(FuseIno(parent.0), name, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.fs.forget(FuseIno(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.fs.getattr(ino.0, reply);
+        self.fs.getattr(FuseIno(ino.0), reply);
     }
 
     fn setattr(
@@ -100,11 +102,11 @@ impl Filesystem for FuserFs {
             mtime,
             fh: fh.map(|f| f.0),
         };
-        self.fs.setattr(ino.0, req, reply);
+        self.fs.setattr(FuseIno(ino.0), req, reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.fs.readlink(ino.0, reply);
+        self.fs.readlink(FuseIno(ino.0), reply);
     }
 
     fn mknod(
@@ -129,15 +131,15 @@ impl Filesystem for FuserFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.mkdir(parent.0, name, reply);
+        self.fs.mkdir(FuseIno(parent.0), name, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.delete(parent.0, name, reply);
+        self.fs.delete(FuseIno(parent.0), name, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.delete(parent.0, name, reply);
+        self.fs.delete(FuseIno(parent.0), name, reply);
     }
 
     fn symlink(
@@ -161,8 +163,14 @@ impl Filesystem for FuserFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits(), reply);
+        self.fs.rename(
+            FuseIno(parent.0),
+            name,
+            FuseIno(newparent.0),
+            newname,
+            flags.bits(),
+            reply,
+        );
     }
 
     fn link(
@@ -177,7 +185,7 @@ impl Filesystem for FuserFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.fs.open(ino.0, flags.0, reply);
+        self.fs.open(FuseIno(ino.0), flags.0, reply);
     }
 
     fn read(
@@ -259,7 +267,7 @@ impl Filesystem for FuserFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.fs.readdir(ino.0, offset, reply);
+        self.fs.readdir(FuseIno(ino.0), offset, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -308,6 +316,6 @@ impl Filesystem for FuserFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        self.fs.create(parent.0, name, reply);
+        self.fs.create(FuseIno(parent.0), name, reply);
     }
 }

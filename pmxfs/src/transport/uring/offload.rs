@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::fs::ops::PmxFs;
+use crate::fs::PmxFs;
 
 use super::abi::{op, InHeader};
 use super::dispatch::dispatch;

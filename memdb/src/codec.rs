@@ -4,8 +4,8 @@
 
 use cluster_sync::wire::WireCodec;
 
-use memdb::row_codec::{decode_row, encode_row, put_bytes, Reader, MAX_DATA};
-use memdb::{Op, Row};
+use crate::row_codec::{decode_row, encode_row, put_bytes, Reader, MAX_DATA};
+use crate::{Op, Row};
 
 /// The codec for pmxfs's replicated tree.
 pub struct MemdbCodec;
@@ -110,7 +110,7 @@ impl WireCodec for MemdbCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memdb::Kind;
+    use crate::Kind;
     use std::sync::Arc;
 
     fn ops() -> Vec<Op> {

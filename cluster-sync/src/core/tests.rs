@@ -1,0 +1,533 @@
+//! The core's unit tests: scenarios on a hand-fed CPG (`Cfg`) over the test double
+//! `test_db`. The simulator (crate `cluster-sim`) runs the real tree under random
+//! schedules; these pin the cases that found bugs and the protocol's fast and slow
+//! paths.
+use super::test_db::{SimDb, SimEntry, SimErr, SimOp};
+use super::*;
+
+type A = Action<SimOp, SimEntry, SimErr, u64>;
+type Msg<D> = Message<<D as Database>::Op, <D as Database>::Entry>;
+
+fn sent(actions: &[A]) -> Vec<Msg<SimDb>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Multicast(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A lone member delivers its own messages, and those they cause, in order; the
+/// other actions it took on the way.
+fn deliver_own(n: &mut Node<SimDb>, mut inbox: Vec<Msg<SimDb>>) -> Vec<A> {
+    let me = n.me();
+    let mut out = Vec::new();
+    while !inbox.is_empty() {
+        let msg = inbox.remove(0);
+        for a in n.handle(Event::Deliver { from: me, msg }) {
+            match a {
+                Action::Multicast(m) => inbox.push(m),
+                a => out.push(a),
+            }
+        }
+    }
+    out
+}
+
+fn replies(actions: &[A]) -> Vec<(u64, Result<(), SimErr>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { req_id, result } => Some((*req_id, *result)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mkdir(id: u64) -> SimOp {
+    SimOp::Mkdir {
+        id,
+        path: "priv/lock/x".into(),
+    }
+}
+
+#[test]
+fn no_quorum_fails_without_multicast() {
+    let me = Member::new(1, 10);
+    let mut n = Node::new(me, SimDb::genesis());
+    let acts = n.handle(Event::LocalRequest {
+        req_id: 7,
+        op: mkdir(1),
+    });
+    assert!(sent(&acts).is_empty());
+    assert!(matches!(
+        acts.as_slice(),
+        [Action::Reply {
+            req_id: 7,
+            result: Err(SimErr::Access)
+        }]
+    ));
+}
+
+#[test]
+fn lone_node_syncs_then_writes_and_replies_on_own_delivery() {
+    let me = Member::new(1, 10);
+    let mut n = Node::new(me, SimDb::genesis());
+    n.handle(Event::Tick { now: 500 });
+    n.handle(Event::Quorum(true));
+    let acts = n.handle(Event::ConfChg {
+        members: vec![me],
+        left: vec![],
+        joined: vec![me],
+    });
+    // Queued until synced: nothing sent for the request yet.
+    let early = n.handle(Event::LocalRequest {
+        req_id: 1,
+        op: mkdir(1),
+    });
+    assert!(sent(&early).is_empty());
+    let done = deliver_own(&mut n, sent(&acts));
+    let applied: Vec<u32> = done
+        .iter()
+        .filter_map(|a| match a {
+            Action::Applied {
+                local: true, time, ..
+            } => Some(*time),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(n.mode(), Mode::Synced);
+    assert!(n.writable());
+    assert_eq!(replies(&done), vec![(1, Ok(()))]);
+    assert_eq!(applied, vec![500]);
+    assert_eq!(n.db().locks(), vec![("x".to_string(), 500)]);
+}
+
+/// A quorate member at `now` that has synced its first configuration, alone.
+fn synced_alone(me: Member, now: u32) -> Node<SimDb> {
+    let mut n = Node::new(me, SimDb::genesis());
+    n.handle(Event::Tick { now });
+    n.handle(Event::Quorum(true));
+    let acts = n.handle(Event::ConfChg {
+        members: vec![me],
+        left: vec![],
+        joined: vec![me],
+    });
+    deliver_own(&mut n, sent(&acts));
+    assert!(n.writable());
+    n
+}
+
+/// A lone quorate member that has synced its first configuration, and a write it
+/// sent at `now` that corosync lost; then the next configuration's messages.
+fn lose_a_write(now: u32, later: u32) -> (Node<SimDb>, Vec<A>) {
+    let me = Member::new(1, 10);
+    let mut n = synced_alone(me, now);
+    let write = sent(&n.handle(Event::LocalRequest {
+        req_id: 9,
+        op: mkdir(2),
+    }));
+    assert_eq!(write.len(), 1);
+    n.handle(Event::Tick { now: later });
+    // The write is never delivered; a new configuration's own State reveals it.
+    let acts = n.handle(Event::ConfChg {
+        members: vec![me],
+        left: vec![],
+        joined: vec![],
+    });
+    let done = deliver_own(&mut n, sent(&acts));
+    (n, done)
+}
+
+#[test]
+fn lost_own_message_is_sent_again_with_its_time_and_applied_once() {
+    let (n, done) = lose_a_write(500, 500 + RESEND_WINDOW);
+    assert_eq!(replies(&done), vec![(9, Ok(()))]);
+    assert_eq!(n.db().locks(), vec![("x".to_string(), 500)]);
+    assert_eq!(n.db().applied(), &[2]);
+    assert_eq!(n.resent(), 1);
+    assert_eq!(n.unanswered(), 0);
+}
+
+#[test]
+fn lost_own_message_older_than_the_window_fails_once_unapplied() {
+    let (n, done) = lose_a_write(500, 501 + RESEND_WINDOW);
+    assert_eq!(replies(&done), vec![(9, Err(SimErr::Again))]);
+    assert!(n.db().locks().is_empty());
+    assert_eq!(n.resent(), 0);
+    assert_eq!(n.unanswered(), 0);
+}
+
+#[test]
+fn writes_queued_by_a_round_that_a_confchg_ends_are_sent_again_in_order() {
+    let me = Member::new(1, 10);
+    let other = Member::new(2, 20);
+    let mut n = synced_alone(me, 700);
+    let mut writes = Vec::new();
+    for (req, id) in [(1, 11), (2, 12)] {
+        writes.extend(sent(&n.handle(Event::LocalRequest {
+            req_id: req,
+            op: write(id, &format!("f{id}")),
+        })));
+    }
+    // A joiner arrives: both writes are delivered in the new configuration (FIFO:
+    // before its SyncStart) while its round runs, so they are queued; then another
+    // confchg drops that round and its queue.
+    let sync = sent(&n.handle(Event::ConfChg {
+        members: vec![me, other],
+        left: vec![],
+        joined: vec![other],
+    }));
+    for msg in writes.into_iter().chain(sync) {
+        let acts = n.handle(Event::Deliver { from: me, msg });
+        assert!(replies(&acts).is_empty(), "answered before the round ended");
+    }
+    let acts = n.handle(Event::ConfChg {
+        members: vec![me],
+        left: vec![other],
+        joined: vec![],
+    });
+    assert!(replies(&acts).is_empty(), "a dropped write was failed");
+    let done = deliver_own(&mut n, sent(&acts));
+    assert_eq!(replies(&done), vec![(1, Ok(())), (2, Ok(()))]);
+    assert_eq!(n.db().applied(), &[11, 12]);
+    assert_eq!(n.resent(), 2);
+}
+
+/// A tiny CPG for one configuration: one log in total order, delivered to every
+/// member in full unless it is cut short for some (they "crash" first).
+struct Cfg<'a> {
+    nodes: Vec<&'a mut Node<SimDb>>,
+    log: Vec<(Member, Msg<SimDb>)>,
+    /// Replies seen, by node position.
+    replies: Vec<(usize, u64, Result<(), SimErr>)>,
+    /// Messages each node delivered.
+    delivered: Vec<usize>,
+}
+
+impl<'a> Cfg<'a> {
+    /// Quorum then ConfChg to every node, as the simulator and corosync do.
+    fn new(nodes: Vec<&'a mut Node<SimDb>>, quorate: bool) -> Self {
+        let members: Vec<Member> = nodes.iter().map(|n| n.me()).collect();
+        let mut c = Cfg {
+            delivered: vec![0; nodes.len()],
+            nodes,
+            log: Vec::new(),
+            replies: Vec::new(),
+        };
+        for i in 0..c.nodes.len() {
+            let acts = c.nodes[i].handle(Event::Quorum(quorate));
+            c.take(i, acts);
+            let acts = c.nodes[i].handle(Event::ConfChg {
+                members: members.clone(),
+                left: vec![],
+                joined: vec![],
+            });
+            c.take(i, acts);
+        }
+        c
+    }
+
+    fn take(&mut self, i: usize, acts: Vec<A>) {
+        let me = self.nodes[i].me();
+        for a in acts {
+            match a {
+                Action::Multicast(m) => self.log.push((me, m)),
+                Action::Reply { req_id, result } => self.replies.push((i, req_id, result)),
+                _ => {}
+            }
+        }
+    }
+
+    fn feed(&mut self, i: usize, ev: Event<SimOp, SimEntry>) {
+        let acts = self.nodes[i].handle(ev);
+        self.take(i, acts);
+    }
+
+    fn request(&mut self, i: usize, req_id: u64, op: SimOp) {
+        self.feed(i, Event::LocalRequest { req_id, op });
+    }
+
+    /// Node `i` delivers the log up to `upto` messages (or all, growing as it goes).
+    fn deliver_to(&mut self, i: usize, upto: Option<usize>) {
+        while self.delivered[i] < upto.unwrap_or(self.log.len()).min(self.log.len()) {
+            let (from, msg) = self.log[self.delivered[i]].clone();
+            self.delivered[i] += 1;
+            self.feed(i, Event::Deliver { from, msg });
+        }
+    }
+
+    /// Everyone delivers everything, round-robin, until nothing is left.
+    fn settle(&mut self) {
+        loop {
+            let before = self.delivered.clone();
+            for i in 0..self.nodes.len() {
+                if self.delivered[i] < self.log.len() {
+                    let upto = self.delivered[i] + 1;
+                    self.deliver_to(i, Some(upto));
+                }
+            }
+            if self.delivered == before {
+                return;
+            }
+        }
+    }
+
+    fn kinds(&self) -> Vec<&'static str> {
+        self.log.iter().map(|(_, m)| m.body.kind()).collect()
+    }
+}
+
+fn node(id: u32, pid: u32) -> Node<SimDb> {
+    let mut n = Node::new(Member::new(id, pid), SimDb::genesis());
+    n.handle(Event::Tick { now: 1000 });
+    n
+}
+
+/// A crashed process keeps only its database; it restarts as a new member.
+fn restart(n: Node<SimDb>, now: u32) -> Node<SimDb> {
+    let me = n.me();
+    let mut r = Node::new(Member::new(me.nodeid, me.pid + 1), n.into_db());
+    r.handle(Event::Tick { now });
+    r
+}
+
+fn write(id: u64, path: &str) -> SimOp {
+    SimOp::Create {
+        id,
+        path: path.into(),
+    }
+}
+
+/// The lost-write scenario the simulator found (seeds 6, 177, 473, ...), end to
+/// end: n1's partners crash before delivering its writes, n1 goes on alone with a
+/// higher version, the restarted majority writes under a new term, and after the
+/// heal the majority's write survives and n1's minority branch is dropped.
+#[test]
+fn minority_branch_with_higher_version_but_older_term_loses() {
+    let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+    let t1 = {
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        cfg.settle();
+        assert!(cfg.nodes.iter().all(|n| n.writable()));
+        // n1 writes three files; only n1 delivers them before b and c crash.
+        for (k, p) in ["a/w1", "a/w2", "a/w3"].into_iter().enumerate() {
+            cfg.request(0, k as u64 + 1, write(k as u64 + 1, p));
+        }
+        cfg.deliver_to(0, None);
+        assert_eq!(
+            cfg.replies,
+            vec![(0, 1, Ok(())), (0, 2, Ok(())), (0, 3, Ok(()))],
+            "acknowledged after n1's own delivery"
+        );
+        cfg.nodes[0].db().index().term
+    };
+    assert!(t1 >= 1);
+    let (mut b, mut c) = (restart(b, 2000), restart(c, 2000));
+    // n1 alone, not quorate: no new term, but it keeps its higher version.
+    Cfg::new(vec![&mut a], false).settle();
+    assert_eq!(a.db().index().term, t1);
+    // The restarted majority: a new term and a write of its own.
+    let t2 = {
+        let mut cfg = Cfg::new(vec![&mut b, &mut c], true);
+        cfg.settle();
+        cfg.request(0, 9, write(9, "b/x"));
+        cfg.settle();
+        assert_eq!(cfg.replies, vec![(0, 9, Ok(()))]);
+        cfg.nodes[0].db().index().term
+    };
+    assert!(t2 > t1);
+    assert!(
+        a.db().version() > b.db().version(),
+        "the minority branch has the higher version"
+    );
+    // Heal: the majority's history wins although its version is lower.
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    cfg.settle();
+    let want = cfg.nodes[1].db().index();
+    assert!(want.term > t2);
+    for n in &cfg.nodes {
+        assert!(n.writable());
+        assert_eq!(n.db().index(), want);
+        assert!(
+            n.db().read("b/x").is_some(),
+            "the majority's write survived"
+        );
+        assert!(n.db().read("a/w1").is_none(), "the minority branch is gone");
+    }
+}
+
+/// Fast path: a SyncStart's proposal every member could promise is the term, and
+/// the round needs no Promise messages.
+#[test]
+fn proposal_promised_by_all_is_accepted_without_promises() {
+    let (mut a, mut b) = (node(1, 10), node(2, 10));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+    cfg.settle();
+    assert_eq!(cfg.kinds(), vec!["sync-start", "state", "state"]);
+    for n in &cfg.nodes {
+        assert_eq!(n.accepted_term(), Some(1));
+        assert_eq!(n.db().index().term, 1);
+        assert_eq!(n.db().promised_term(), 1);
+    }
+}
+
+/// Slow path: the starter proposed a term another member had already promised, so
+/// every member must promise a higher one, and nobody accepts it until every
+/// member's Promise is delivered. A member that crashed before promising leaves
+/// the others unaccepted, so it cannot later help another configuration pick the
+/// same term for a different tree.
+#[test]
+fn no_member_accepts_a_term_before_every_member_promised_it() {
+    let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+    // n2 promised term 5 in some configuration n1 never saw.
+    b.db.set_promised_term(5).unwrap();
+    let states = {
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        // Everyone delivers the SyncStart and sends a State.
+        for i in 0..3 {
+            cfg.deliver_to(i, Some(1));
+        }
+        assert_eq!(cfg.kinds(), vec!["sync-start", "state", "state", "state"]);
+        // n1 and n2 deliver every State and promise 6; n3 crashes before its last.
+        cfg.deliver_to(0, Some(4));
+        cfg.deliver_to(1, Some(4));
+        cfg.deliver_to(2, Some(3));
+        assert_eq!(&cfg.kinds()[4..], ["promise", "promise"]);
+        // Both Promises delivered, n3's never comes: nobody accepted anything.
+        cfg.deliver_to(0, None);
+        cfg.deliver_to(1, None);
+        for n in &cfg.nodes[..2] {
+            assert_eq!(n.db().promised_term(), 6);
+            assert_eq!(n.db().index().term, 0);
+            assert_eq!(n.accepted_term(), None);
+            assert!(!n.writable());
+        }
+        cfg.log.len()
+    };
+    assert_eq!(states, 6);
+    assert_eq!(c.db().promised_term(), 1, "n3 promised only the proposal");
+    // The next configuration must pick a term above every promise, 6 included.
+    let mut c = restart(c, 2000);
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    cfg.settle();
+    for n in &cfg.nodes {
+        let t = n.accepted_term().expect("accepted");
+        assert!(t > 6);
+        assert_eq!(n.db().index().term, t);
+    }
+}
+
+/// A member whose State said "not quorate" because its quorum notification came
+/// late starts a new round once quorate, so the configuration gets a term without
+/// waiting for a confchg.
+#[test]
+fn late_quorum_re_syncs_to_pick_a_term() {
+    let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    // n2 was not quorate when it sent its State: its quorum notification came
+    // late, or quorum came back without a membership change.
+    cfg.feed(1, Event::Quorum(false));
+    cfg.settle();
+    assert!(cfg
+        .nodes
+        .iter()
+        .all(|n| n.all_synced() && n.accepted_term().is_none()));
+    // Meanwhile a write on a quorate member waits for the re-sync instead of
+    // failing with EACCES on a node that says it is quorate.
+    cfg.request(0, 1, write(1, "a/f"));
+    assert!(cfg.replies.is_empty());
+    assert!(
+        cfg.kinds().iter().all(|k| *k != "normal"),
+        "sent without a term"
+    );
+    cfg.feed(1, Event::Quorum(true));
+    // The re-sync waits for a tick, so that a confchg arriving with the quorum
+    // change (the usual case) makes it unnecessary.
+    assert_eq!(cfg.kinds().last(), Some(&"state"));
+    cfg.feed(1, Event::Tick { now: 1001 });
+    assert_eq!(cfg.kinds().last(), Some(&"sync-start"));
+    cfg.settle();
+    assert!(cfg.nodes.iter().all(|n| n.writable()));
+    assert_eq!(cfg.replies, vec![(0, 1, Ok(()))]);
+    let resyncs: Vec<u64> = cfg.nodes.iter().map(|n| n.resyncs()).collect();
+    assert_eq!(resyncs, vec![0, 1, 0]);
+    cfg.request(0, 2, write(2, "a/g"));
+    cfg.settle();
+    assert_eq!(cfg.replies.last(), Some(&(0, 2, Ok(()))));
+    for n in &cfg.nodes {
+        assert_eq!(n.db().applied(), &[1, 2]);
+    }
+}
+
+/// If the member that said "not quorate" never gains quorum, a write waiting on a
+/// quorate member fails with EACCES after `TERMLESS_WAIT`, applied nowhere.
+#[test]
+fn a_write_waiting_for_a_re_sync_that_never_comes_fails_in_bounded_time() {
+    let (mut a, mut b, mut c) = (node(1, 10), node(2, 10), node(3, 10));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    cfg.feed(1, Event::Quorum(false));
+    cfg.settle();
+    cfg.request(0, 1, write(1, "a/f"));
+    cfg.feed(
+        0,
+        Event::Tick {
+            now: 1000 + TERMLESS_WAIT,
+        },
+    );
+    assert!(cfg.replies.is_empty(), "failed before the wait was over");
+    cfg.feed(
+        0,
+        Event::Tick {
+            now: 1001 + TERMLESS_WAIT,
+        },
+    );
+    assert_eq!(cfg.replies, vec![(0, 1, Err(SimErr::Access))]);
+    cfg.settle();
+    assert!(cfg.nodes.iter().all(|n| n.db().applied().is_empty()));
+    assert_eq!(cfg.nodes[0].unanswered(), 0);
+}
+
+/// A confchg right after the quorum change cancels the pending re-sync: its own
+/// round carries the new quorum.
+#[test]
+fn confchg_after_quorum_gain_needs_no_re_sync() {
+    let mut a = node(1, 10);
+    Cfg::new(vec![&mut a], false).settle();
+    let mut cfg = Cfg::new(vec![&mut a], true);
+    cfg.feed(0, Event::Tick { now: 1001 });
+    cfg.settle();
+    assert_eq!(cfg.kinds(), vec!["sync-start", "state"]);
+    assert!(cfg.nodes[0].writable());
+}
+
+/// Without a term, a member does not adopt a leader's tree older than a term it
+/// promised: that tree is superseded, and copying it would only spread a branch a
+/// quorate configuration already left behind.
+#[test]
+fn termless_round_does_not_spread_a_superseded_tree() {
+    let mut old = SimDb::genesis();
+    old.set_term(3).unwrap();
+    old.apply(&write(1, "a/old"), 1, 5).unwrap();
+    let mut promised = SimDb::genesis();
+    promised.set_promised_term(7).unwrap();
+    let mut fresh = SimDb::genesis();
+    let mut a = Node::new(Member::new(1, 10), old);
+    let mut b = Node::new(Member::new(2, 10), promised.clone());
+    let mut c = Node::new(Member::new(3, 10), fresh.clone());
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], false);
+    cfg.settle();
+    assert_eq!(cfg.nodes[0].mode(), Mode::Synced);
+    assert_eq!(cfg.nodes[1].mode(), Mode::Detached);
+    assert_eq!(cfg.nodes[1].db(), &promised);
+    // A member that promised nothing newer still copies it, as pmxcfs does.
+    assert_eq!(cfg.nodes[2].mode(), Mode::Synced);
+    fresh
+        .install_update(
+            &cfg.nodes[0].db().index(),
+            cfg.nodes[0].db().entries(&[0, 5]),
+        )
+        .unwrap();
+    assert_eq!(cfg.nodes[2].db(), &fresh);
+}

@@ -1,0 +1,201 @@
+//! The write pipeline of one member (DESIGN.md, "Writes"): requests waiting for a
+//! round that accepts writes, own writes on the wire, and every member's writes that
+//! were delivered before the round ended. It decides nothing about the protocol; the
+//! node tells it what happened and sends and answers what it hands back.
+use std::collections::{BTreeMap, VecDeque};
+
+use super::types::{Member, ReqId};
+
+/// Requests a member keeps unanswered at most, waiting or on the wire. One beyond it
+/// fails at once (`CoreError::Overloaded`); a kernel never has that many writers
+/// blocked on one node (each holds a FUSE worker).
+pub const MAX_UNANSWERED: usize = 4096;
+
+/// Writes delivered before the round ended that a member keeps, per member of the
+/// configuration. Every sender keeps at most [`MAX_UNANSWERED`] writes unanswered, so
+/// a longer queue means a broken peer; the member then stops and resyncs.
+pub const MAX_QUEUED_PER_MEMBER: usize = MAX_UNANSWERED;
+
+/// Seconds after its request within which a write lost to a membership change is sent
+/// again; an older one fails with `Interrupted`, so a caller never waits unboundedly.
+pub const RESEND_WINDOW: u32 = 30;
+
+/// A local request and when it was made: a write carries the time it was requested,
+/// not the time it could be sent, so a lock release that waited out a sync never looks
+/// newer than a lock taken meanwhile (the tree refuses releases older than the lock).
+#[derive(Debug)]
+pub(super) struct Request<Op> {
+    pub req: ReqId,
+    pub op: Op,
+    pub time: u32,
+}
+
+/// An own write on the wire, kept whole to send it again if a membership change loses
+/// it.
+#[derive(Debug)]
+struct InFlight<Op> {
+    request: Request<Op>,
+    /// Delivered (and queued until the round ends), so CPG can no longer lose it.
+    delivered: bool,
+}
+
+/// A write delivered before the round ended, to be applied once it has.
+#[derive(Debug)]
+pub(super) struct Delivered<Op> {
+    pub from: Member,
+    pub seq: u64,
+    pub time: u32,
+    pub op: Op,
+}
+
+/// Waiting requests, own writes in flight, and the writes queued by the current round.
+#[derive(Debug)]
+pub(super) struct Writes<Op> {
+    waiting: VecDeque<Request<Op>>,
+    /// By message seq.
+    in_flight: BTreeMap<u64, InFlight<Op>>,
+    /// In delivery order.
+    queued: Vec<Delivered<Op>>,
+    resent: u64,
+}
+
+impl<Op> Default for Writes<Op> {
+    fn default() -> Self {
+        Writes {
+            waiting: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            queued: Vec::new(),
+            resent: 0,
+        }
+    }
+}
+
+impl<Op> Writes<Op> {
+    /// Requests not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.waiting.len() + self.in_flight.len()
+    }
+
+    /// Own writes sent again after a membership change lost them.
+    pub fn resent(&self) -> u64 {
+        self.resent
+    }
+
+    /// Queue a request until a round accepts writes.
+    pub fn wait(&mut self, r: Request<Op>) {
+        debug_assert!(
+            self.unanswered() < MAX_UNANSWERED,
+            "the node checks the bound"
+        );
+        self.waiting.push_back(r);
+    }
+
+    /// The oldest waiting request.
+    pub fn next_waiting(&mut self) -> Option<Request<Op>> {
+        self.waiting.pop_front()
+    }
+
+    /// Every waiting request, oldest first.
+    pub fn take_waiting(&mut self) -> Vec<Request<Op>> {
+        self.waiting.drain(..).collect()
+    }
+
+    /// Waiting requests made more than `limit` seconds before `now`, which are no
+    /// longer waiting.
+    pub fn expire_waiting(&mut self, now: u32, limit: u32) -> Vec<Request<Op>> {
+        let (old, young): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|r| now.saturating_sub(r.time) > limit);
+        self.waiting = young;
+        old.into_iter().collect()
+    }
+
+    /// `r` went out as message `seq`.
+    pub fn sent(&mut self, seq: u64, r: Request<Op>) {
+        let prev = self.in_flight.insert(
+            seq,
+            InFlight {
+                request: r,
+                delivered: false,
+            },
+        );
+        debug_assert!(prev.is_none(), "message seqs are never reused");
+    }
+
+    /// Queue a write delivered before the round ended; `own` if this member sent it.
+    pub fn queue(&mut self, d: Delivered<Op>, own: bool) {
+        if own {
+            if let Some(f) = self.in_flight.get_mut(&d.seq) {
+                f.delivered = true;
+            }
+        }
+        self.queued.push(d);
+    }
+
+    /// Writes the round queued.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Everything the round queued, in delivery order, for applying.
+    pub fn take_queued(&mut self) -> Vec<Delivered<Op>> {
+        std::mem::take(&mut self.queued)
+    }
+
+    /// Own message `seq` was delivered and applied (or refused): its request.
+    pub fn answer(&mut self, seq: u64) -> Option<Request<Op>> {
+        self.in_flight.remove(&seq).map(|f| f.request)
+    }
+
+    /// Own writes still on the wire that were sent before message `seq`: CPG is FIFO
+    /// per sender, so once `seq` is delivered they never will be.
+    pub fn lost_before(&self, seq: u64) -> Vec<u64> {
+        self.in_flight
+            .range(..seq)
+            .filter(|(_, f)| !f.delivered)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Drop the round's queue (a confchg ended the round: nobody applied it) and
+    /// return the seqs of this member's writes in it.
+    pub fn drop_queued(&mut self, me: Member) -> Vec<u64> {
+        std::mem::take(&mut self.queued)
+            .into_iter()
+            .filter(|d| d.from == me)
+            .map(|d| d.seq)
+            .collect()
+    }
+
+    /// Own writes `seqs` (ascending) that nobody applied go back to the front of the
+    /// waiting requests in their original order, with their original time; the ones
+    /// requested more than [`RESEND_WINDOW`] before `now` are returned instead, to be
+    /// failed.
+    pub fn requeue(&mut self, seqs: Vec<u64>, now: u32) -> Vec<(u64, Request<Op>)> {
+        let mut expired = Vec::new();
+        for seq in seqs.into_iter().rev() {
+            let Some(f) = self.in_flight.remove(&seq) else {
+                continue;
+            };
+            if now.saturating_sub(f.request.time) > RESEND_WINDOW {
+                expired.push((seq, f.request));
+            } else {
+                self.resent += 1;
+                self.waiting.push_front(f.request);
+            }
+        }
+        expired
+    }
+
+    /// Every unanswered request (the member stops or left the group), and the queue
+    /// dropped.
+    pub fn take_all(&mut self) -> Vec<Request<Op>> {
+        self.queued.clear();
+        let mut all: Vec<Request<Op>> = std::mem::take(&mut self.in_flight)
+            .into_values()
+            .map(|f| f.request)
+            .collect();
+        all.extend(self.waiting.drain(..));
+        all
+    }
+}

@@ -1,0 +1,40 @@
+//! Counters every adapter bumps and `pmxfs status` reports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters since start.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Changes applied to this node's tree.
+    pub ops_applied: AtomicU64,
+    /// LOOKUP requests served (each one is a kernel cache miss).
+    pub lookups: AtomicU64,
+    /// GETATTR requests served.
+    pub getattrs: AtomicU64,
+    /// Requests served through the io_uring queues.
+    pub ring_requests: AtomicU64,
+    /// Open file handles now.
+    pub open_handles: AtomicU64,
+    /// Cluster messages this node multicast.
+    pub cluster_sent: AtomicU64,
+    /// Cluster messages delivered to this node.
+    pub cluster_delivered: AtomicU64,
+    /// Own writes a membership change lost that were sent again.
+    pub cluster_resent: AtomicU64,
+    /// Sync rounds restarted because quorum was known only after this node's State.
+    pub cluster_resyncs: AtomicU64,
+    /// Times the cluster core stopped (a storage failure) and was restarted.
+    pub cluster_restarts: AtomicU64,
+}
+
+impl Metrics {
+    /// Add one to `c`.
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Read `c`.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,291 @@
+//! The tree service: the one owner of the memdb and of everything that must follow a
+//! change of it, beneath every adapter (`fs/` over FUSE, `cluster/` over corosync,
+//! `control`, and the IPC server to come). None of those import each other; they meet
+//! here.
+//!
+//! A change comes in through one of two doors:
+//! - [`Tree::from_kernel`]: made through this node's kernel. In local mode it is applied
+//!   at once; in cluster mode it goes through the cluster's total order first (the
+//!   [`Replicator`]) and comes back through the second door.
+//! - [`Tree::delivered`] and [`Tree::synced`]: applied in cluster order by the protocol
+//!   core (which changes the memdb through `memdb::replica`); the cluster adapter calls
+//!   them as it carries out the core's `Applied` and `SyncInstalled` actions.
+//!
+//! Either way the change is published the same way, in this order: the node status's
+//! change counters, kernel invalidations (for changes the kernel did not make), and the
+//! shared-memory versions, which move only once the kernel's caches are invalidated so
+//! that a reader who sees a new version reads the new content.
+
+pub mod clock;
+pub mod kernel;
+pub mod metrics;
+pub mod notify;
+pub mod status;
+pub mod vfiles;
+
+use std::ffi::OsString;
+use std::sync::{Arc, OnceLock};
+
+use memdb::replica::Replica;
+use memdb::{paths, Applied, Change, LockEvent, MemDb, Op, OpCtx};
+use nix::errno::Errno;
+use parking_lot::{RwLock, RwLockReadGuard};
+use pmxfs_client::versions::{self, VersionShmWriter};
+
+use crate::coherence;
+pub use clock::Clock;
+pub use kernel::{FuseIno, KernelRefs};
+pub use metrics::Metrics;
+use notify::Invalidator;
+use status::Status;
+
+/// Submits a change to the cluster and waits for its outcome.
+pub trait Replicator: Send + Sync {
+    /// Multicast `op` and block until this node applied it (or it failed).
+    fn submit(&self, op: Op) -> Result<(), Errno>;
+}
+
+/// Where a published change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Through this node's kernel: the kernel already knows the new state.
+    Kernel,
+    /// From elsewhere (another node, or the debug hook): the kernel's caches are stale.
+    Remote,
+}
+
+/// The lock event a successful `op` causes, known without applying it.
+pub fn lock_event_of(op: &Op) -> Option<LockEvent> {
+    match op {
+        Op::Mkdir { path } => paths::lock_name(path).map(|n| LockEvent::Acquired(n.to_string())),
+        Op::Delete { path } => paths::lock_name(path).map(|n| LockEvent::Released(n.to_string())),
+        _ => None,
+    }
+}
+
+/// The tree and what follows its changes.
+pub struct Tree {
+    db: Arc<RwLock<MemDb>>,
+    /// Node status: mode, quorum, members, `.version` counters.
+    pub status: Arc<Status>,
+    /// What the kernel holds.
+    pub refs: KernelRefs,
+    /// Whether changes the kernel did not make are pushed to it as invalidations.
+    coherence: bool,
+    inval: OnceLock<Invalidator>,
+    versions: Option<Arc<VersionShmWriter>>,
+    replicator: OnceLock<Box<dyn Replicator>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The wall clock.
+    pub clock: Clock,
+    /// The transport carrying requests ("io_uring, N queues" or "/dev/fuse").
+    pub transport: OnceLock<String>,
+}
+
+impl Tree {
+    /// The service over `db`; with `coherence`, changes from elsewhere invalidate the
+    /// kernel's caches once [`Tree::set_invalidator`] attached the kernel.
+    pub fn new(
+        db: MemDb,
+        status: Arc<Status>,
+        coherence: bool,
+        versions: Option<VersionShmWriter>,
+    ) -> Arc<Tree> {
+        Arc::new(Tree {
+            db: Arc::new(RwLock::new(db)),
+            status,
+            refs: KernelRefs::default(),
+            coherence,
+            inval: OnceLock::new(),
+            versions: versions.map(Arc::new),
+            replicator: OnceLock::new(),
+            metrics: Metrics::default(),
+            clock: Clock::default(),
+            transport: OnceLock::new(),
+        })
+    }
+
+    /// Read the tree. Never held across a change.
+    pub fn read(&self) -> RwLockReadGuard<'_, MemDb> {
+        self.db.read()
+    }
+
+    /// The memdb as the protocol core's database (the cluster adapter's).
+    pub fn replica(&self) -> Replica {
+        Replica::new(self.db.clone())
+    }
+
+    /// Whether cache coherence is on.
+    pub fn coherence(&self) -> bool {
+        self.coherence
+    }
+
+    /// Attach the invalidation threads once the FUSE session exists.
+    pub fn set_invalidator(&self, inv: Invalidator) {
+        let _ = self.inval.set(inv);
+    }
+
+    /// The invalidator, if coherence is on and the session is up.
+    pub fn invalidator(&self) -> Option<&Invalidator> {
+        if self.coherence {
+            self.inval.get()
+        } else {
+            None
+        }
+    }
+
+    /// Route changes from the kernel through the cluster from now on.
+    pub fn set_replicator(&self, r: Box<dyn Replicator>) {
+        let _ = self.replicator.set(r);
+    }
+
+    /// First door: a change made through this node's kernel. Applied at once in local
+    /// mode; in cluster mode it returns once the cluster ordered it and this node
+    /// applied it (the outcome was published through [`Tree::delivered`] by then, so
+    /// only its lock event is reported here).
+    pub fn from_kernel(&self, op: &Op) -> Result<Applied, Errno> {
+        match self.replicator.get() {
+            Some(r) => {
+                r.submit(op.clone())?;
+                Ok(Applied {
+                    lock: lock_event_of(op),
+                    ..Applied::default()
+                })
+            }
+            None => self.apply_now(op, 0, Origin::Kernel),
+        }
+    }
+
+    /// Apply `op` on behalf of `writer` now and publish it, refusing without quorum:
+    /// local mode's path, and the debug hook's "change from another node".
+    pub fn apply_now(&self, op: &Op, writer: u32, origin: Origin) -> Result<Applied, Errno> {
+        if !self.status.quorate() {
+            return Err(Errno::EACCES);
+        }
+        let ctx = OpCtx {
+            writer,
+            now: self.clock.now(),
+        };
+        let applied = self.db.write().apply(op, ctx)?;
+        self.delivered(&applied, origin);
+        Ok(applied)
+    }
+
+    /// Second door: a change this node's tree applied (in cluster order, or just now):
+    /// publish its counters, invalidations and versions.
+    pub fn delivered(&self, applied: &Applied, origin: Origin) {
+        Metrics::bump(&self.metrics.ops_applied);
+        if !applied.removed.is_empty() {
+            self.refs.bury(&applied.removed);
+        }
+        for p in &applied.paths {
+            self.status.record_change(p);
+        }
+        match (origin, self.invalidator(), &self.versions) {
+            (Origin::Remote, Some(inv), versions) => {
+                self.push_invalidations(inv, applied);
+                // Readers of the shared-memory versions (token cache, key cache) must
+                // never see a new generation while the kernel still shows the old
+                // file: bump only after the invalidations have reached the kernel, and
+                // make names revalidate if a tracked path was replaced or removed.
+                if let Some(v) = versions.clone() {
+                    let tracked: Vec<String> = applied
+                        .paths
+                        .iter()
+                        .filter(|p| versions::slot_of(p).is_some())
+                        .cloned()
+                        .collect();
+                    if !tracked.is_empty() {
+                        if applied
+                            .changes
+                            .iter()
+                            .any(|c| matches!(c, Change::Name { .. }))
+                        {
+                            inv.epoch();
+                        }
+                        inv.then(move || tracked.iter().for_each(|p| v.bump(p)));
+                    }
+                }
+            }
+            (_, _, Some(v)) => applied.paths.iter().for_each(|p| v.bump(p)),
+            (_, _, None) => {}
+        }
+    }
+
+    /// The tree was replaced by a cluster leader's: everything may have changed, so bump
+    /// every counter and make the kernel drop everything it cached.
+    pub fn synced(&self) {
+        self.status.record_reload();
+        if let Some(inv) = self.invalidator() {
+            for f in self.refs.known() {
+                inv.inode(f.0);
+            }
+            inv.epoch();
+            if let Some(v) = self.versions.clone() {
+                inv.then(move || v.bump_all());
+            }
+        } else if let Some(v) = &self.versions {
+            v.bump_all();
+        }
+    }
+
+    /// Queue invalidations for everything `applied` changed behind the kernel's back,
+    /// plus, for a lock acquisition, the paths it protects.
+    fn push_invalidations(&self, inv: &Invalidator, applied: &Applied) {
+        let lock_dir = self.db.read().lock_dir_inode();
+        for c in &applied.changes {
+            match c {
+                Change::Attr(ino) => {
+                    let f = FuseIno::of(*ino);
+                    if self.refs.is_known(f) {
+                        inv.inode(f.0);
+                    }
+                }
+                // Names in the lock directory are never cached (zero entry timeout),
+                // and a lock mkdir may be waiting in there: never take its i_rwsem.
+                Change::Name { parent, .. } if Some(*parent) == lock_dir => {}
+                Change::Name { parent, name } => {
+                    let p = FuseIno::of(*parent);
+                    if self.refs.is_known(p) {
+                        inv.entry(p.0, OsString::from(name));
+                    }
+                }
+            }
+        }
+        if let Some(LockEvent::Acquired(name)) = &applied.lock {
+            for f in self.protected_known(name) {
+                inv.inode(f.0);
+            }
+            inv.epoch();
+        }
+    }
+
+    /// Kernel-known inodes whose paths lock `name` protects.
+    pub fn protected_known(&self, name: &str) -> Vec<FuseIno> {
+        let known = self.refs.known();
+        let db = self.db.read();
+        known
+            .into_iter()
+            .filter(|f| {
+                f.memdb()
+                    .and_then(|m| db.path_of(m))
+                    .is_some_and(|p| coherence::protects(name, &p))
+            })
+            .collect()
+    }
+
+    /// Run `f` once every invalidation queued so far has reached the kernel (at once
+    /// without coherence).
+    pub fn after_invalidations(&self, f: impl FnOnce() + Send + 'static) {
+        match self.invalidator() {
+            Some(inv) => inv.then(f),
+            None => f(),
+        }
+    }
+
+    /// Fold the store's write-ahead log into the database (clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), memdb::StoreError> {
+        self.db.write().checkpoint()
+    }
+}
