@@ -57,6 +57,8 @@ pub enum Action<O, E, R, X> {
     /// An op was applied to the database: the adapter publishes what changed. Comes
     /// before the writer's `Reply`.
     Applied {
+        /// The op.
+        op: O,
         /// What the database reported.
         outcome: X,
         /// Its writer.

@@ -513,6 +513,7 @@ impl<D: Database> Node<D> {
             match self.db.apply(&w.op, w.from.nodeid, w.time) {
                 Ok(outcome) => {
                     out.push(Action::Applied {
+                        op: w.op,
                         outcome,
                         writer: w.from.nodeid,
                         time: w.time,
