@@ -14,8 +14,8 @@ if [ "${1:-}" != "--no-build" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
   cargo build --release -q -p pmxfs -p auth-key
 fi
-BIN=$PWD/target/release/pmxfs
-AK=$PWD/target/release/authkey
+BIN=${PMXFS_BIN:-$PWD/target/release/pmxfs}
+AK=${AUTHKEY_BIN:-$PWD/target/release/authkey}
 DIR=/tmp/pmxfs-bench-cluster
 exec 9>/run/pmxfs-cluster.lock
 flock 9

@@ -12,7 +12,7 @@ if [ "${1:-}" != "--no-build" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
   cargo build --release -q -p pmxfs
 fi
-BIN=$PWD/target/release/pmxfs
+BIN=${PMXFS_BIN:-$PWD/target/release/pmxfs}
 WORK=$(mktemp -d /tmp/pmxfs-bench.XXXXXX)
 PIDS=()
 cleanup() {

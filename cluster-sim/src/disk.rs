@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use memdb::{Limits, MemDb, RootVersion, Row, Store, StoreError, Txn};
+use memdb::{Inode, Limits, MemDb, RootVersion, Row, Store, StoreError, Txn};
 use parking_lot::Mutex;
 
 /// What the disk holds.
 #[derive(Debug, Clone)]
 struct Contents {
-    rows: BTreeMap<u64, Row>,
+    rows: BTreeMap<Inode, Row>,
     root: RootVersion,
     meta: BTreeMap<String, u64>,
     /// Writes still to refuse (storage faults armed).

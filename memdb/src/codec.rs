@@ -145,8 +145,8 @@ mod tests {
             assert_eq!(MemdbCodec::decode_op(&b), Ok(op));
         }
         let row = Row {
-            inode: 5,
-            parent: 0,
+            inode: crate::Inode(5),
+            parent: crate::Inode(0),
             version: 9,
             writer: 2,
             mtime: 3,

@@ -1,10 +1,23 @@
 //! Tree entries as held in memory and as persisted (one row of pmxcfs's `tree` table).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
+/// An inode number in pmxcfs's numbering: the root is 0 and an entry gets the global
+/// version of the change that created it, never reused. The kernel's numbering is
+/// another (the daemon's `FuseIno`); the two types keep them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Inode(pub u64);
+
+impl fmt::Display for Inode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Inode number of the root directory (pmxcfs's numbering; FUSE's root is 1).
-pub const ROOT_INODE: u64 = 0;
+pub const ROOT_INODE: Inode = Inode(0);
 
 /// `d_type` values pmxcfs stores in the `type` column.
 pub const DT_DIR: u8 = 4;
@@ -43,9 +56,9 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     /// Inode number: the global version at which the entry was created; never reused.
-    pub inode: u64,
+    pub inode: Inode,
     /// Parent directory's inode.
-    pub parent: u64,
+    pub parent: Inode,
     /// Global version of the entry's last change.
     pub version: u64,
     /// Node id of the last writer (0 in local mode).
@@ -77,7 +90,7 @@ pub struct Entry {
     /// Metadata and content.
     pub row: Row,
     /// Children by name (directories only).
-    pub children: BTreeMap<String, u64>,
+    pub children: BTreeMap<String, Inode>,
 }
 
 impl Entry {

@@ -20,7 +20,7 @@ pub fn entry_digest(e: &Entry) -> [u8; 32] {
     h.update(r.mtime.to_le_bytes());
     h.update((r.data.len() as u32).to_le_bytes());
     h.update([r.kind.dtype()]);
-    h.update(r.parent.to_le_bytes());
+    h.update(r.parent.0.to_le_bytes());
     h.update(r.name.as_bytes());
     if !r.data.is_empty() {
         h.update(&r.data[..]);
@@ -33,7 +33,7 @@ impl MemDb {
     pub fn index_entries(&self) -> Vec<IndexEntry> {
         let mut v: Vec<IndexEntry> = self
             .entries_iter()
-            .map(|e| (e.row.inode, entry_digest(e)))
+            .map(|e| (e.row.inode.0, entry_digest(e)))
             .collect();
         v.sort_unstable_by_key(|(i, _)| *i);
         v

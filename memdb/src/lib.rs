@@ -26,7 +26,7 @@ use cluster_sync::core::ApplyError;
 use nix::errno::Errno;
 
 pub use entry::DT_REG;
-pub use entry::{Entry, Kind, RootVersion, Row, ROOT_INODE};
+pub use entry::{Entry, Inode, Kind, RootVersion, Row, ROOT_INODE};
 pub use op::{Applied, Change, LockEvent, Op, OpCtx};
 pub use store::{Backlog, NullStore, Store, StoreError, Txn};
 pub use vmindex::VmInfo;
@@ -69,7 +69,7 @@ pub enum LoadError {
 
 /// The in-memory tree plus its persistence.
 pub struct MemDb {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<Inode, Entry>,
     root: RootVersion,
     bytes: u64,
     limits: Limits,
@@ -111,8 +111,11 @@ fn root_entry(root: RootVersion) -> Entry {
 /// Build the in-memory tree from rows, refusing what pmxcfs refuses: empty names,
 /// duplicate names in a directory, parents that are missing or not directories, and
 /// entries not reachable from the root.
-fn build_tree(rows: Vec<Row>, root: RootVersion) -> Result<(HashMap<u64, Entry>, u64), LoadError> {
-    let mut entries: HashMap<u64, Entry> = HashMap::with_capacity(rows.len() + 1);
+fn build_tree(
+    rows: Vec<Row>,
+    root: RootVersion,
+) -> Result<(HashMap<Inode, Entry>, u64), LoadError> {
+    let mut entries: HashMap<Inode, Entry> = HashMap::with_capacity(rows.len() + 1);
     entries.insert(ROOT_INODE, root_entry(root));
     let mut bytes = 0u64;
     for row in rows {
@@ -140,7 +143,7 @@ fn build_tree(rows: Vec<Row>, root: RootVersion) -> Result<(HashMap<u64, Entry>,
             },
         );
     }
-    let links: Vec<(u64, u64, String)> = entries
+    let links: Vec<(Inode, Inode, String)> = entries
         .values()
         .filter(|e| e.row.inode != ROOT_INODE)
         .map(|e| (e.row.parent, e.row.inode, e.row.name.clone()))
@@ -245,7 +248,7 @@ impl MemDb {
     pub fn rows_for(&self, inodes: &[u64]) -> Vec<Row> {
         inodes
             .iter()
-            .filter_map(|i| self.entries.get(i).map(|e| e.row.clone()))
+            .filter_map(|i| self.entries.get(&Inode(*i)).map(|e| e.row.clone()))
             .collect()
     }
 
@@ -259,9 +262,10 @@ impl MemDb {
         updates: Vec<Row>,
         term: u64,
     ) -> Result<(), String> {
-        let wanted: std::collections::HashSet<u64> = leader.iter().map(|(i, _)| *i).collect();
+        let wanted: std::collections::HashSet<Inode> =
+            leader.iter().map(|(i, _)| Inode(*i)).collect();
         let mut root = self.root;
-        let mut by_inode: HashMap<u64, Row> = HashMap::new();
+        let mut by_inode: HashMap<Inode, Row> = HashMap::new();
         for r in updates {
             if r.inode == ROOT_INODE {
                 root = RootVersion {
@@ -284,7 +288,7 @@ impl MemDb {
         let (entries, bytes) = build_tree(rows.clone(), root).map_err(|e| e.to_string())?;
         let mut got: Vec<index::IndexEntry> = entries
             .values()
-            .map(|e| (e.row.inode, index::entry_digest(e)))
+            .map(|e| (e.row.inode.0, index::entry_digest(e)))
             .collect();
         got.sort_unstable_by_key(|(i, _)| *i);
         if got != leader {
@@ -333,12 +337,12 @@ impl MemDb {
     }
 
     /// Entry by inode.
-    pub fn get(&self, inode: u64) -> Option<&Entry> {
+    pub fn get(&self, inode: Inode) -> Option<&Entry> {
         self.entries.get(&inode)
     }
 
     /// Child `name` of directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<&Entry> {
+    pub fn lookup(&self, parent: Inode, name: &str) -> Option<&Entry> {
         let ino = *self.entries.get(&parent)?.children.get(name)?;
         self.entries.get(&ino)
     }
@@ -360,7 +364,7 @@ impl MemDb {
     }
 
     /// Path of an inode (`""` for the root).
-    pub fn path_of(&self, inode: u64) -> Option<String> {
+    pub fn path_of(&self, inode: Inode) -> Option<String> {
         let mut parts = Vec::new();
         let mut cur = self.entries.get(&inode)?;
         while cur.row.inode != ROOT_INODE {
@@ -485,9 +489,9 @@ impl MemDb {
         }
     }
 
-    fn new_row(&self, parent: u64, name: &str, kind: Kind, root: RootVersion) -> Row {
+    fn new_row(&self, parent: Inode, name: &str, kind: Kind, root: RootVersion) -> Row {
         Row {
-            inode: root.version,
+            inode: Inode(root.version),
             parent,
             version: root.version,
             writer: root.writer,
@@ -715,7 +719,7 @@ impl MemDb {
     }
 
     /// Relative paths of everything below directory `inode`.
-    fn descendants(&self, inode: u64) -> Vec<(String, u64)> {
+    fn descendants(&self, inode: Inode) -> Vec<(String, Inode)> {
         let mut out = Vec::new();
         let mut stack = vec![(String::new(), inode)];
         while let Some((prefix, ino)) = stack.pop() {
@@ -792,7 +796,7 @@ impl MemDb {
     }
 
     /// Is `inode` a lock directory whose lock has expired at `now`?
-    pub fn is_expired_lock(&self, inode: u64, now: u32) -> bool {
+    pub fn is_expired_lock(&self, inode: Inode, now: u32) -> bool {
         let Some(e) = self.entries.get(&inode) else {
             return false;
         };
@@ -819,7 +823,7 @@ impl MemDb {
     }
 
     /// Inode of `priv/lock`, if it exists.
-    pub fn lock_dir_inode(&self) -> Option<u64> {
+    pub fn lock_dir_inode(&self) -> Option<Inode> {
         self.resolve(paths::LOCK_DIR).ok().map(|e| e.row.inode)
     }
 }

@@ -75,15 +75,17 @@ pub struct OpCtx {
     pub now: u32,
 }
 
+use crate::entry::Inode;
+
 /// A kernel-visible consequence of a change, for cache invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// The attributes (size, mtime, existence) of this memdb inode changed.
-    Attr(u64),
+    Attr(Inode),
     /// The name `name` in directory `parent` now refers to another inode or to nothing.
     Name {
         /// Directory inode.
-        parent: u64,
+        parent: Inode,
         /// Name in it.
         name: String,
     },
@@ -112,5 +114,5 @@ pub struct Applied {
     /// Whether the set of guest configs changed (for `.vmlist`).
     pub vmlist_changed: bool,
     /// Entries that ceased to exist: `(inode, parent, name)` they had.
-    pub removed: Vec<(u64, u64, String)>,
+    pub removed: Vec<(Inode, Inode, String)>,
 }

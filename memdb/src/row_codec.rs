@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::entry::{Kind, Row};
+use super::entry::{Inode, Kind, Row};
 
 /// Longest name or path accepted.
 pub const MAX_NAME: usize = 4096;
@@ -22,8 +22,8 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Append `row`.
 pub fn encode_row(row: &Row, out: &mut Vec<u8>) {
-    out.extend_from_slice(&row.inode.to_le_bytes());
-    out.extend_from_slice(&row.parent.to_le_bytes());
+    out.extend_from_slice(&row.inode.0.to_le_bytes());
+    out.extend_from_slice(&row.parent.0.to_le_bytes());
     out.extend_from_slice(&row.version.to_le_bytes());
     out.extend_from_slice(&row.writer.to_le_bytes());
     out.extend_from_slice(&row.mtime.to_le_bytes());
@@ -39,8 +39,8 @@ pub fn row_len(row: &Row) -> usize {
 
 /// Read the next row.
 pub fn decode_row(r: &mut Reader<'_>) -> Result<Row, String> {
-    let inode = r.u64("inode")?;
-    let parent = r.u64("parent")?;
+    let inode = Inode(r.u64("inode")?);
+    let parent = Inode(r.u64("parent")?);
     let version = r.u64("version")?;
     let writer = r.u32("writer")?;
     let mtime = r.u32("mtime")?;

@@ -4,14 +4,14 @@
 
 use std::error::Error as StdError;
 
-use crate::entry::{RootVersion, Row};
+use crate::entry::{Inode, RootVersion, Row};
 
 /// One atomic change to persist: rows to delete, rows to insert or replace, and the new
 /// global version record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Txn {
     /// Inodes to remove.
-    pub deletes: Vec<u64>,
+    pub deletes: Vec<Inode>,
     /// Rows to insert or replace.
     pub upserts: Vec<Row>,
     /// The global version record after the change.

@@ -38,11 +38,11 @@ fn versions_and_inodes_follow_pmxcfs() {
     assert_eq!(d.root_version().version, 1);
     mkdir(&mut d, "a").unwrap();
     let a = d.resolve("a").unwrap();
-    assert_eq!((a.row.inode, a.row.version), (2, 2));
+    assert_eq!((a.row.inode, a.row.version), (Inode(2), 2));
     d.apply(&Op::Create { path: "a/f".into() }, ctx(1001))
         .unwrap();
     let f = d.resolve("a/f").unwrap().row.clone();
-    assert_eq!((f.inode, f.version, f.mtime), (3, 3, 1001));
+    assert_eq!((f.inode, f.version, f.mtime), (Inode(3), 3, 1001));
     // the parent directory is not touched by a create (pmxcfs)
     assert_eq!(d.resolve("a").unwrap().row.version, 2);
     put(&mut d, "a/f", b"x");
@@ -361,9 +361,9 @@ fn vmid_is_unique_across_nodes() {
 
 #[test]
 fn invalid_trees_are_refused() {
-    let row = |inode, parent, kind, name: &str| Row {
-        inode,
-        parent,
+    let row = |inode: u64, parent: u64, kind, name: &str| Row {
+        inode: Inode(inode),
+        parent: Inode(parent),
         version: inode,
         writer: 0,
         mtime: 0,

@@ -109,6 +109,7 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
             "entries": Metrics::get(&i.stats.entries),
             "epochs": Metrics::get(&i.stats.epochs),
             "barriers": Metrics::get(&i.stats.barriers),
+            "entry_overflows": Metrics::get(&i.stats.entry_overflows),
         })
     });
     json!({

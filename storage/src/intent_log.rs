@@ -12,7 +12,7 @@
 //! is cut short, fails its checksum, or does not continue the sequence.
 
 use memdb::row_codec::{decode_row, encode_row, row_len, Reader, ROW_FIXED};
-use memdb::{RootVersion, Txn};
+use memdb::{Inode, RootVersion, Txn};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -42,7 +42,7 @@ pub fn encode(seq: u64, txn: &Txn, out: &mut Vec<u8>) {
     out.extend_from_slice(&seq.to_le_bytes());
     put_u32(out, txn.deletes.len());
     for ino in &txn.deletes {
-        out.extend_from_slice(&ino.to_le_bytes());
+        out.extend_from_slice(&ino.0.to_le_bytes());
     }
     put_u32(out, txn.upserts.len());
     for row in &txn.upserts {
@@ -105,7 +105,7 @@ pub fn scan(bytes: &[u8]) -> Result<Vec<(u64, Txn)>, Malformed> {
 fn decode(payload: &[u8]) -> Result<Txn, String> {
     let mut r = Reader::new(payload);
     let deletes = (0..r.count(8, "delete count")?)
-        .map(|_| r.u64("deleted inode"))
+        .map(|_| r.u64("deleted inode").map(Inode))
         .collect::<Result<Vec<_>, _>>()?;
     let n = r.count(ROW_FIXED, "row count")?;
     let upserts = (0..n)
@@ -211,8 +211,8 @@ mod tests {
 
     fn row(inode: u64, name: &str, data: &[u8]) -> Row {
         Row {
-            inode,
-            parent: 0,
+            inode: Inode(inode),
+            parent: Inode(0),
             version: inode,
             writer: 3,
             mtime: 1_700_000_000,
@@ -228,7 +228,7 @@ mod tests {
 
     fn txn(v: u64) -> Txn {
         Txn {
-            deletes: vec![v - 1, 7],
+            deletes: vec![Inode(v - 1), Inode(7)],
             upserts: vec![row(v, &format!("f{v}"), b"content"), row(v + 1, "d", b"")],
             root: RootVersion {
                 version: v,

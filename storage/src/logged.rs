@@ -386,8 +386,8 @@ mod tests {
         Txn {
             deletes: vec![],
             upserts: vec![Row {
-                inode: v,
-                parent: 0,
+                inode: memdb::Inode(v),
+                parent: memdb::Inode(0),
                 version: v,
                 writer: 0,
                 mtime: 1000,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use memdb::{Kind, RootVersion, Row, Store, StoreError, Txn, DT_REG};
+use memdb::{Inode, Kind, RootVersion, Row, Store, StoreError, Txn, DT_REG};
 
 use crate::checkpoint::Checkpointer;
 use crate::Error;
@@ -175,10 +175,10 @@ impl SqliteStore {
 fn write_changes(conn: &Connection, txn: &Txn) -> rusqlite::Result<()> {
     for ino in &txn.deletes {
         conn.prepare_cached("DELETE FROM tree WHERE inode = ?1")?
-            .execute([*ino as i64])?;
+            .execute([ino.0 as i64])?;
     }
     for row in &txn.upserts {
-        write_row(conn, row, row.inode >= txn.root.version)?;
+        write_row(conn, row, row.inode.0 >= txn.root.version)?;
     }
     Ok(())
 }
@@ -276,8 +276,8 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Err
             });
         }
         rows.push(Row {
-            inode: inode as u64,
-            parent: r.get::<_, i64>(1)? as u64,
+            inode: Inode(inode as u64),
+            parent: Inode(r.get::<_, i64>(1)? as u64),
             version: r.get::<_, i64>(2)? as u64,
             writer: r.get::<_, i64>(3)? as u32,
             mtime: r.get::<_, i64>(4)? as u32,
@@ -355,8 +355,8 @@ fn write_row(conn: &Connection, row: &Row, fresh: bool) -> rusqlite::Result<()> 
         _ => None,
     };
     let values = params![
-        row.inode as i64,
-        row.parent as i64,
+        row.inode.0 as i64,
+        row.parent.0 as i64,
         row.version as i64,
         row.writer as i64,
         row.mtime as i64,

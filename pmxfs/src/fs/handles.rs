@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use memdb::Inode;
 use nix::errno::Errno;
 use parking_lot::Mutex;
 
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 #[derive(Debug)]
 pub struct Handle {
     /// memdb inode (`None` for a virtual file).
-    pub ino: Option<u64>,
+    pub ino: Option<Inode>,
     /// Content at open time (or at the last commit through this handle).
     pub snapshot: Arc<Vec<u8>>,
     /// Uncommitted content, present once the handle has written.
@@ -82,7 +83,7 @@ pub struct Handles {
     /// and with the size last written, as pmxcfs, which commits every write at once,
     /// would show: the kernel takes i_size from a GETATTR reply, and O_APPEND writes
     /// position themselves by it. A leaf lock: nothing else is taken while it is held.
-    dirty: Mutex<HashMap<u64, Dirty>>,
+    dirty: Mutex<HashMap<Inode, Dirty>>,
 }
 
 impl Handles {
@@ -105,7 +106,7 @@ impl Handles {
 
     /// Run `f` on handle `h` of inode `ino`, recording when it makes the handle dirty.
     /// Callers hold no db lock; the mark is set before the caller replies.
-    pub fn modify<R>(&self, ino: u64, h: &mut Handle, f: impl FnOnce(&mut Handle) -> R) -> R {
+    pub fn modify<R>(&self, ino: Inode, h: &mut Handle, f: impl FnOnce(&mut Handle) -> R) -> R {
         let was = h.dirty();
         let r = f(h);
         if h.dirty() {
@@ -123,7 +124,7 @@ impl Handles {
     /// Handle `h` of inode `ino` is clean again (committed or discarded): call only
     /// after the commit is visible in the db, so an attribute reply that reads the
     /// inode clean also reads the committed state.
-    pub fn cleaned(&self, ino: u64) {
+    pub fn cleaned(&self, ino: Inode) {
         let mut d = self.dirty.lock();
         if let Some(e) = d.get_mut(&ino) {
             e.handles -= 1;
@@ -134,7 +135,7 @@ impl Handles {
     }
 
     /// Size of memdb inode `ino` after its latest uncommitted write, if any.
-    pub fn pending_len(&self, ino: u64) -> Option<u64> {
+    pub fn pending_len(&self, ino: Inode) -> Option<u64> {
         self.dirty.lock().get(&ino).map(|e| e.len)
     }
 

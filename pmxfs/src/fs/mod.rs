@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::FileAttr;
-use memdb::{Entry, MemDb, ROOT_INODE};
+use memdb::{Entry, Inode, MemDb, ROOT_INODE};
 
 use crate::coherence::{Policy, Ttls};
 use crate::tree::{FuseIno, Metrics, Tree};
@@ -63,7 +63,7 @@ impl PmxFs {
         }
     }
 
-    fn policy_ttls(&self, db: &MemDb, ino: u64) -> Ttls {
+    fn policy_ttls(&self, db: &MemDb, ino: Inode) -> Ttls {
         if !self.policy.enabled {
             return self.policy.default;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, FopenFlags, TimeOrNow};
 use nix::errno::Errno;
 
-use memdb::{paths, LockEvent, MemDb, Op, ROOT_INODE};
+use memdb::{paths, Inode, LockEvent, MemDb, Op, ROOT_INODE};
 
 use crate::coherence::Ttls;
 use crate::tree::vfiles::{self, Virt};
@@ -109,7 +109,7 @@ impl PmxFs {
     }
 
     /// Reply with the entry for memdb inode `ino` and count the kernel's reference.
-    fn reply_entry(&self, db: &MemDb, ino: u64, reply: impl EntryReply) {
+    fn reply_entry(&self, db: &MemDb, ino: Inode, reply: impl EntryReply) {
         let Some(e) = db.get(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -505,7 +505,7 @@ impl PmxFs {
         if let Some(h) = self.drop_handle(fh) {
             let h = h.lock();
             if let (Err(e), Some(ino)) = (&res, h.ino) {
-                tracing::warn!(ino, "discarding unwritten data of a closed file: {e}");
+                tracing::warn!(%ino, "discarding unwritten data of a closed file: {e}");
                 if h.dirty() {
                     self.handles.cleaned(ino);
                 }

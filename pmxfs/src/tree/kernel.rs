@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use memdb::{MemDb, ROOT_INODE};
+use memdb::{Inode, MemDb, ROOT_INODE};
 use parking_lot::Mutex;
 
 use super::vfiles::VIRT_BASE;
@@ -18,16 +18,16 @@ pub struct FuseIno(pub u64);
 
 impl FuseIno {
     /// The root directory.
-    pub const ROOT: FuseIno = FuseIno(ROOT_INODE + 1);
+    pub const ROOT: FuseIno = FuseIno(ROOT_INODE.0 + 1);
 
     /// The kernel's number of memdb inode `ino`.
-    pub fn of(ino: u64) -> FuseIno {
-        FuseIno(ino + 1)
+    pub fn of(ino: Inode) -> FuseIno {
+        FuseIno(ino.0 + 1)
     }
 
     /// The memdb inode, `None` for a virtual file.
-    pub fn memdb(self) -> Option<u64> {
-        (self.0 < VIRT_BASE).then(|| self.0 - 1)
+    pub fn memdb(self) -> Option<Inode> {
+        (self.0 < VIRT_BASE).then(|| Inode(self.0 - 1))
     }
 }
 
@@ -39,7 +39,7 @@ pub struct KernelRefs {
     /// Removed memdb inodes the kernel may still reach through a cached name, with the
     /// (parent, name) they had: requests on them are answered by whatever lives at that
     /// path now, as pmxcfs's path-based FUSE layer does.
-    ghosts: Mutex<HashMap<u64, (u64, String)>>,
+    ghosts: Mutex<HashMap<Inode, (Inode, String)>>,
 }
 
 impl KernelRefs {
@@ -79,7 +79,7 @@ impl KernelRefs {
     }
 
     /// Remember the removed entries `(inode, parent, name)` the kernel still holds.
-    pub fn bury(&self, removed: &[(u64, u64, String)]) {
+    pub fn bury(&self, removed: &[(Inode, Inode, String)]) {
         // `known` and `ghosts` are never held together (forget takes them in turn).
         let kept: Vec<_> = removed
             .iter()
@@ -96,7 +96,7 @@ impl KernelRefs {
 
     /// The live memdb inode a kernel inode refers to: itself, or for a removed inode
     /// the entry now at the path it had.
-    pub fn live_ino(&self, db: &MemDb, m: u64) -> Option<u64> {
+    pub fn live_ino(&self, db: &MemDb, m: Inode) -> Option<Inode> {
         if db.get(m).is_some() {
             return Some(m);
         }

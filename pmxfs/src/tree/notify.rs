@@ -12,17 +12,29 @@
 //!
 //! The barrier does not need the entry queue: the epoch bump it sends makes every cached
 //! dentry revalidate with a LOOKUP, which subsumes all pending entry invalidations.
+//!
+//! Both queues are bounded. The attribute thread never waits for a request, so a
+//! sender that finds its queue full waits for room. The entry thread may wait for
+//! requests in flight, and the cluster thread that feeds it is what those requests
+//! wait for, so a sender never waits for room there: when the queue is full it queues
+//! an epoch bump instead, which has the kernel revalidate every name.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use fuser::{INodeNo, Notifier};
 
 /// `FUSE_NOTIFY_INC_EPOCH` (Linux 6.16+): invalidate every cached dentry at once.
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+
+/// Attribute jobs (inode invalidations, epoch bumps, deferred replies) queued at most.
+pub const ATTR_QUEUE: usize = 65_536;
+
+/// Entry invalidations queued at most; beyond it an epoch bump stands in for them.
+pub const ENTRY_QUEUE: usize = 16_384;
 
 enum AttrJob {
     Inode(u64),
@@ -41,13 +53,15 @@ pub struct NotifyStats {
     pub epochs: AtomicU64,
     /// Barriers completed.
     pub barriers: AtomicU64,
+    /// Entry invalidations replaced by an epoch bump because their queue was full.
+    pub entry_overflows: AtomicU64,
 }
 
 /// Handle to the invalidation threads; cheap to clone.
 #[derive(Clone)]
 pub struct Invalidator {
-    attr_tx: Sender<AttrJob>,
-    entry_tx: Sender<(u64, OsString)>,
+    attr_tx: SyncSender<AttrJob>,
+    entry_tx: SyncSender<(u64, OsString)>,
     /// Shared counters.
     pub stats: Arc<NotifyStats>,
 }
@@ -56,8 +70,8 @@ impl Invalidator {
     /// Start the threads. `dev` is a duplicate of the session's `/dev/fuse` descriptor,
     /// used for the epoch notification fuser has no wrapper for.
     pub fn start(notifier: Notifier, dev: OwnedFd) -> std::io::Result<Invalidator> {
-        let (attr_tx, attr_rx) = channel();
-        let (entry_tx, entry_rx) = channel::<(u64, OsString)>();
+        let (attr_tx, attr_rx) = sync_channel(ATTR_QUEUE);
+        let (entry_tx, entry_rx) = sync_channel::<(u64, OsString)>(ENTRY_QUEUE);
         let stats = Arc::new(NotifyStats::default());
         {
             let n = notifier.clone();
@@ -91,9 +105,13 @@ impl Invalidator {
         let _ = self.attr_tx.send(AttrJob::Inode(ino));
     }
 
-    /// Queue an entry invalidation for `name` in FUSE directory `parent`.
+    /// Queue an entry invalidation for `name` in FUSE directory `parent` (an epoch bump
+    /// if that queue is full).
     pub fn entry(&self, parent: u64, name: OsString) {
-        let _ = self.entry_tx.send((parent, name));
+        if let Err(TrySendError::Full(_)) = self.entry_tx.try_send((parent, name)) {
+            self.stats.entry_overflows.fetch_add(1, Ordering::Relaxed);
+            self.epoch();
+        }
     }
 
     /// Queue a dentry epoch bump.
