@@ -459,6 +459,24 @@ impl MemDb {
         Ok(applied)
     }
 
+    /// Make `path` a file holding exactly `data`, creating it if needed (two changes
+    /// then, as a kernel's `creat` and `write` are).
+    pub fn put(&mut self, path: &str, data: &[u8], ctx: OpCtx) -> Result<(), Errno> {
+        if self.resolve(path).is_err() {
+            self.apply(&Op::Create { path: path.into() }, ctx)?;
+        }
+        self.apply(
+            &Op::Write {
+                path: path.into(),
+                offset: 0,
+                data: data.to_vec(),
+                truncate: true,
+            },
+            ctx,
+        )
+        .map(|_| ())
+    }
+
     fn next_root(&self, ctx: OpCtx) -> RootVersion {
         RootVersion {
             version: self.root.version + 1,

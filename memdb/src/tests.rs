@@ -13,19 +13,7 @@ fn mkdir(db: &mut MemDb, p: &str) -> Result<Applied, Errno> {
 }
 
 fn put(db: &mut MemDb, p: &str, data: &[u8]) {
-    if db.resolve(p).is_err() {
-        db.apply(&Op::Create { path: p.into() }, ctx(1000)).unwrap();
-    }
-    db.apply(
-        &Op::Write {
-            path: p.into(),
-            offset: 0,
-            data: data.to_vec(),
-            truncate: true,
-        },
-        ctx(1000),
-    )
-    .unwrap();
+    db.put(p, data, ctx(1000)).unwrap();
 }
 
 fn content(db: &MemDb, p: &str) -> Vec<u8> {

@@ -289,6 +289,12 @@ impl<D: Database> Node<D> {
         self.resyncs += 1;
         let epoch = self.next_epoch();
         tracing::info!(me = %self.me, %epoch, "quorate now: re-syncing to pick a term");
+        self.start_round(epoch, out);
+    }
+
+    /// Multicast the SyncStart of round `epoch`, proposing a term above all this member
+    /// knows of.
+    fn start_round(&mut self, epoch: Epoch, out: &mut Vec<Act<D>>) {
         let proposed_term = self.proposed_term();
         self.send(
             Body::SyncStart {
@@ -392,14 +398,7 @@ impl<D: Database> Node<D> {
         }
         self.set_mode(Mode::StartSync, out);
         if self.members[0] == self.me {
-            let proposed_term = self.proposed_term();
-            self.send(
-                Body::SyncStart {
-                    epoch,
-                    proposed_term,
-                },
-                out,
-            );
+            self.start_round(epoch, out);
         }
     }
 
