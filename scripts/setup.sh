@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(fuse3 sqlite3 corosync libcpg-dev libquorum-dev libcmap-dev libvotequorum-dev
-      libcfg-dev libclang-dev clang pkg-config iproute2 util-linux psmisc procps openssl
+      libcfg-dev libqb-dev libclang-dev clang pkg-config iproute2 util-linux psmisc procps openssl
       ca-certificates curl)
 
 missing=()

@@ -101,6 +101,15 @@ impl VmType {
         }
     }
 
+    /// The directory of a node that holds configs of this type.
+    pub fn dir(self) -> &'static str {
+        match self {
+            VmType::Qemu => "qemu-server",
+            VmType::Lxc => "lxc",
+            VmType::OpenVz => "openvz",
+        }
+    }
+
     fn from_dir(d: &str) -> Option<Self> {
         match d {
             "qemu-server" => Some(VmType::Qemu),

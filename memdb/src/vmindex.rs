@@ -20,6 +20,13 @@ pub struct VmInfo {
     pub version: u32,
 }
 
+impl VmInfo {
+    /// The path of guest `vmid`'s config.
+    pub fn path(&self, vmid: u32) -> String {
+        format!("nodes/{}/{}/{vmid}.conf", self.node, self.ty.dir())
+    }
+}
+
 /// VMID → guest, plus a change counter.
 #[derive(Debug, Default)]
 pub(super) struct VmIndex {

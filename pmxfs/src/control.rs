@@ -135,6 +135,11 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
             "quorum_resyncs": Metrics::get(&m.cluster_resyncs),
             "restarts": Metrics::get(&m.cluster_restarts),
         },
+        "ipc": {
+            "connections": Metrics::get(&m.ipc_connections),
+            "requests": Metrics::get(&m.ipc_requests),
+            "dropped": Metrics::get(&m.ipc_dropped),
+        },
         "requests": {
             "lookup": Metrics::get(&m.lookups),
             "getattr": Metrics::get(&m.getattrs),

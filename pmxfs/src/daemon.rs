@@ -54,6 +54,8 @@ pub struct DaemonOpts {
     pub debug_hooks: bool,
     /// Faults to inject (tests).
     pub faults: Faults,
+    /// libqb service name of the IPC server (`pve2`).
+    pub ipc_name: String,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -179,6 +181,10 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     if !opts.local {
         join_cluster(&tree, &opts.nodename)?;
     }
+    // Before the control socket, which is how a supervisor sees the daemon ready.
+    let _ipc = crate::ipc::start(&opts.ipc_name, tree.clone(), www_data_gid())
+        .with_context(|| format!("cannot serve IPC service {}", opts.ipc_name))?;
+    tracing::info!(service = %opts.ipc_name, "IPC server listening");
     let sock = serve_control(&opts, &mount, &tree)?;
     let (why, failed) = wait_for_stop(stop_signals, &mounted)?;
     tracing::info!("{why}: unmounting {}", mount.display());

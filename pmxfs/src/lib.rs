@@ -7,7 +7,8 @@
 //! - [`fs`]: the filesystem's request handlers and open files, carried by [`transport`]
 //!   (fuser's `/dev/fuse` loop, or FUSE over io_uring);
 //! - [`cluster`]: the corosync adapter around cluster-sync's protocol core;
-//! - [`control`]: the control socket behind `pmxfs status`.
+//! - [`control`]: the control socket behind `pmxfs status`;
+//! - [`ipc`]: the `pve2` IPC server PVE's daemons talk to.
 //!
 //! The adapters import the tree, never each other. [`daemon`] starts them in order;
 //! [`coherence`] is the pure cache policy, [`mountpoint`] the mount-point checks.
@@ -17,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod faults;
 pub mod fs;
+pub mod ipc;
 pub mod mountpoint;
 pub mod transport;
 pub mod tree;

@@ -116,6 +116,9 @@ struct DaemonArgs {
     /// fuse.enable_uring=1) or /dev/fuse reader threads.
     #[arg(long, value_enum, default_value = "auto")]
     transport: TransportArg,
+    /// libqb service name of the IPC server PVE's daemons connect to.
+    #[arg(long, default_value = pmxfs::ipc::SERVICE)]
+    ipc_name: String,
     /// Accept the control socket's test hooks: operations injected as if from another
     /// node, and moving the daemon's clock forward.
     #[arg(long, hide = true)]
@@ -183,6 +186,7 @@ fn run_daemon(a: DaemonArgs) -> Result<()> {
         },
         debug_hooks: a.debug_hooks,
         faults: pmxfs::faults::Faults::from_list(&a.faults),
+        ipc_name: a.ipc_name,
     };
     daemon::run(opts)
 }
@@ -239,6 +243,10 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
             .unwrap_or_default()
     );
     println!("transport: {}", v["transport"].as_str().unwrap_or("?"));
+    println!(
+        "ipc:       {} connections, {} requests, {} clients dropped",
+        v["ipc"]["connections"], v["ipc"]["requests"], v["ipc"]["dropped"]
+    );
     println!(
         "coherence: {}",
         if v["coherence"] == true { "on" } else { "off" }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod ipc;
+
 /// Path of a binary built from this workspace, next to the test executable's profile.
 pub fn bin(name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
@@ -39,6 +41,8 @@ pub struct Pmxfs {
     pub db: PathBuf,
     /// `PMXFS_RUN_DIR` of this instance.
     pub run: PathBuf,
+    /// This instance's IPC service name (unique, so that tests can run side by side).
+    pub ipc: String,
     child: Option<Child>,
     args: Vec<String>,
 }
@@ -53,11 +57,16 @@ impl Pmxfs {
         let mnt = dir.path().join("mnt");
         let db = dir.path().join("config.db");
         let run = dir.path().join("run");
+        let ipc = format!(
+            "pmxfs-{}",
+            dir.path().file_name().unwrap_or_default().to_string_lossy()
+        );
         let mut p = Pmxfs {
             dir,
             mnt,
             db,
             run,
+            ipc,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -81,6 +90,8 @@ impl Pmxfs {
             .arg(mnt)
             .arg("--db")
             .arg(db)
+            .arg("--ipc-name")
+            .arg(&self.ipc)
             .args(&self.args)
             .env("PMXFS_RUN_DIR", &self.run)
             .env("PMXFS_LOG", "warn");

@@ -75,8 +75,7 @@ fn secs_of(t: TimeOrNow, now: u32) -> u32 {
 
 impl PmxFs {
     fn virt_attr(&self, fuse: FuseIno, v: Virt) -> FileAttr {
-        let db = self.tree.read();
-        let content = vfiles::content(v, &self.tree.status, &db);
+        let content = self.tree.virtual_file(v);
         let quorate = self.tree.status.quorate();
         let (kind, perm) = match v {
             Virt::Link(_) => (
@@ -155,8 +154,7 @@ impl PmxFs {
             if matches!(v, Virt::Link(_)) {
                 return Err(Errno::ELOOP);
             }
-            let db = self.tree.read();
-            let content = vfiles::content(v, &self.tree.status, &db).into_bytes();
+            let content = self.tree.virtual_file(v).into_bytes();
             return Ok(self.add_handle(Handle {
                 ino: None,
                 snapshot: Arc::new(content),
@@ -326,10 +324,7 @@ impl PmxFs {
     /// READLINK of the virtual node symlinks.
     pub fn readlink(&self, ino: FuseIno, reply: impl DataReply) {
         match vfiles::by_ino(ino) {
-            Some((_, v @ Virt::Link(_))) => {
-                let db = self.tree.read();
-                reply.data(vfiles::content(v, &self.tree.status, &db).as_bytes());
-            }
+            Some((_, v @ Virt::Link(_))) => reply.data(self.tree.virtual_file(v).as_bytes()),
             _ => reply.error(Errno::EINVAL),
         }
     }

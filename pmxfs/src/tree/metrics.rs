@@ -25,6 +25,12 @@ pub struct Metrics {
     pub cluster_resyncs: AtomicU64,
     /// Times the cluster core stopped (a storage failure) and was restarted.
     pub cluster_restarts: AtomicU64,
+    /// IPC connections accepted.
+    pub ipc_connections: AtomicU64,
+    /// IPC requests answered.
+    pub ipc_requests: AtomicU64,
+    /// IPC clients dropped because their reply could not be sent.
+    pub ipc_dropped: AtomicU64,
 }
 
 impl Metrics {

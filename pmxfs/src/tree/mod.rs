@@ -18,6 +18,7 @@
 
 pub mod clock;
 pub mod kernel;
+pub mod kvstore;
 pub mod metrics;
 pub mod notify;
 pub mod status;
@@ -68,6 +69,8 @@ pub struct Tree {
     db: Arc<RwLock<MemDb>>,
     /// Node status: mode, quorum, members, `.version` counters.
     pub status: Arc<Status>,
+    /// The status kvstore (`SET_STATUS`/`GET_STATUS`, RRD updates, node addresses).
+    pub kv: kvstore::KvStore,
     /// What the kernel holds.
     pub refs: KernelRefs,
     /// Whether changes the kernel did not make are pushed to it as invalidations.
@@ -94,6 +97,7 @@ impl Tree {
     ) -> Arc<Tree> {
         Arc::new(Tree {
             db: Arc::new(RwLock::new(db)),
+            kv: kvstore::KvStore::new(&status.nodename),
             status,
             refs: KernelRefs::default(),
             coherence,
@@ -179,54 +183,70 @@ impl Tree {
         if !applied.removed.is_empty() {
             self.refs.bury(&applied.removed);
         }
-        for p in &applied.paths {
-            self.status.record_change(p);
-        }
-        match (origin, self.invalidator(), &self.versions) {
-            (Origin::Remote, Some(inv), versions) => {
+        match (origin, self.invalidator()) {
+            (Origin::Remote, Some(inv)) => {
                 self.push_invalidations(inv, applied);
-                // Readers of the shared-memory versions (token cache, key cache) must
-                // never see a new generation while the kernel still shows the old
-                // file: bump only after the invalidations have reached the kernel, and
-                // make names revalidate if a tracked path was replaced or removed.
-                if let Some(v) = versions.clone() {
-                    let tracked: Vec<String> = applied
-                        .paths
+                // Readers of the version counters (`.version`, GET_FS_VERSION) and of the
+                // shared-memory versions (token cache, key cache) must never see a new
+                // version while the kernel still shows the old file: they move only
+                // after the invalidations have reached the kernel, and names revalidate
+                // if a tracked path was replaced or removed.
+                if applied.paths.iter().any(|p| versions::slot_of(p).is_some())
+                    && applied
+                        .changes
                         .iter()
-                        .filter(|p| versions::slot_of(p).is_some())
-                        .cloned()
-                        .collect();
-                    if !tracked.is_empty() {
-                        if applied
-                            .changes
-                            .iter()
-                            .any(|c| matches!(c, Change::Name { .. }))
-                        {
-                            inv.epoch();
+                        .any(|c| matches!(c, Change::Name { .. }))
+                {
+                    inv.epoch();
+                }
+                let (status, shm, paths) = (
+                    self.status.clone(),
+                    self.versions.clone(),
+                    applied.paths.clone(),
+                );
+                inv.then(move || {
+                    for p in &paths {
+                        status.record_change(p);
+                        if let Some(v) = &shm {
+                            v.bump(p);
                         }
-                        inv.then(move || tracked.iter().for_each(|p| v.bump(p)));
+                    }
+                });
+            }
+            _ => {
+                for p in &applied.paths {
+                    self.status.record_change(p);
+                    if let Some(v) = &self.versions {
+                        v.bump(p);
                     }
                 }
             }
-            (_, _, Some(v)) => applied.paths.iter().for_each(|p| v.bump(p)),
-            (_, _, None) => {}
         }
     }
 
-    /// The tree was replaced by a cluster leader's: everything may have changed, so bump
-    /// every counter and make the kernel drop everything it cached.
+    /// The tree was replaced by a cluster leader's: everything may have changed, so
+    /// make the kernel drop everything it cached, then bump every counter.
     pub fn synced(&self) {
-        self.status.record_reload();
-        if let Some(inv) = self.invalidator() {
-            for f in self.refs.known() {
-                inv.inode(f.0);
+        match self.invalidator() {
+            Some(inv) => {
+                for f in self.refs.known() {
+                    inv.inode(f.0);
+                }
+                inv.epoch();
+                let (status, shm) = (self.status.clone(), self.versions.clone());
+                inv.then(move || {
+                    status.record_reload();
+                    if let Some(v) = &shm {
+                        v.bump_all();
+                    }
+                });
             }
-            inv.epoch();
-            if let Some(v) = self.versions.clone() {
-                inv.then(move || v.bump_all());
+            None => {
+                self.status.record_reload();
+                if let Some(v) = &self.versions {
+                    v.bump_all();
+                }
             }
-        } else if let Some(v) = &self.versions {
-            v.bump_all();
         }
     }
 
@@ -282,6 +302,20 @@ impl Tree {
             Some(inv) => inv.then(f),
             None => f(),
         }
+    }
+
+    /// `SET_STATUS` of this node's `key` (see [`kvstore::KvStore::set_local`]).
+    pub fn set_status(&self, key: &str, value: &[u8]) -> Result<(), Errno> {
+        if let kvstore::Stored::Ip(true) = self.kv.set_local(key, value, self.clock.now())? {
+            self.status.bump_clinfo();
+        }
+        Ok(())
+    }
+
+    /// Content of a virtual file, or the target of a virtual link.
+    pub fn virtual_file(&self, v: vfiles::Virt) -> String {
+        let db = self.db.read();
+        vfiles::content(v, &self.status, &self.kv, &db)
     }
 
     /// Fold the store's write-ahead log into the database (clean shutdown).

@@ -103,8 +103,13 @@ impl Status {
         }
     }
 
-    /// `.version` content.
-    pub fn version_json(&self, vmlist_version: u32) -> String {
+    /// `.version` content (pmxcfs's `cfs_create_version_msg`); `kvstore` is each node's
+    /// key versions, this node's first.
+    pub fn version_json(
+        &self,
+        vmlist_version: u32,
+        kvstore: &[(String, Vec<(String, u32)>)],
+    ) -> String {
         let counters = self.counters.lock();
         let mut s = String::from("{\n");
         s += &format!("\"starttime\": {},\n", self.start_time);
@@ -116,12 +121,25 @@ impl Status {
         for p in OBSERVED_PATHS {
             s += &format!("\"{p}\": {},\n", counters.get(p).copied().unwrap_or(0));
         }
-        s += &format!(
-            "\"kvstore\": {{\n{}: {{\n}}\n}}\n",
-            json_str(&self.nodename)
-        );
-        s += "}\n";
+        s += "\"kvstore\": {\n";
+        let nodes: Vec<String> = kvstore
+            .iter()
+            .map(|(node, keys)| {
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|(k, v)| format!("{}: {v}", json_str(k)))
+                    .collect();
+                format!("{}: {{\n{}}}\n", json_str(node), keys.join(",\n"))
+            })
+            .collect();
+        s += &nodes.join(",\n");
+        s += "}\n}\n";
         s
+    }
+
+    /// Count a change of the cluster information (members, names, addresses).
+    pub fn bump_clinfo(&self) {
+        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// `.members` content, in pmxcfs's layout.
@@ -179,7 +197,14 @@ mod tests {
         st.record_change("storage.cfg");
         st.record_change("not-observed");
         st.record_reload();
-        let v: serde_json::Value = serde_json::from_str(&st.version_json(3)).unwrap();
+        let kv = vec![("n1".to_string(), vec![("tasklist".to_string(), 2)])];
+        let text = st.version_json(3, &kv);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["kvstore"]["n1"]["tasklist"], 2);
+        assert!(
+            text.ends_with("\"kvstore\": {\n\"n1\": {\n\"tasklist\": 2}\n}\n}\n"),
+            "{text}"
+        );
         assert_eq!(v["storage.cfg"], 2);
         assert_eq!(v["user.cfg"], 1);
         assert_eq!(v["vmlist"], 3);

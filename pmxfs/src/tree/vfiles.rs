@@ -5,6 +5,7 @@
 use memdb::MemDb;
 
 use super::kernel::FuseIno;
+use super::kvstore::KvStore;
 use super::status::{json_str, Status};
 
 /// FUSE inode numbers at and above this are virtual; database inodes stay far below.
@@ -52,9 +53,9 @@ pub fn by_ino(ino: FuseIno) -> Option<(&'static str, Virt)> {
 }
 
 /// Content of a virtual file, or the target of a virtual link.
-pub fn content(v: Virt, status: &Status, db: &MemDb) -> String {
+pub fn content(v: Virt, status: &Status, kv: &KvStore, db: &MemDb) -> String {
     match v {
-        Virt::Version => status.version_json(db.vmlist_version()),
+        Virt::Version => status.version_json(db.vmlist_version(), &kv.versions()),
         Virt::Members => status.members_json(),
         Virt::Vmlist => vmlist_json(db),
         Virt::Clusterlog => "{\n\"data\": [\n]\n}\n".to_string(),
