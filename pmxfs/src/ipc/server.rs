@@ -58,6 +58,28 @@ fn epoll_flags(events: i32) -> EpollFlags {
     EpollFlags::from_bits_truncate(events)
 }
 
+/// Watch `fd` for `events` (add, or change an existing watch).
+fn watch(fd: i32, events: i32, w: Watch, change: bool) -> i32 {
+    with_loop(|l| {
+        // SAFETY: libqb owns `fd` and keeps it open until it calls dispatch_del.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut ev = EpollEvent::new(epoll_flags(events), fd as u64);
+        let r = if change {
+            l.epoll.modify(bfd, &mut ev)
+        } else {
+            l.epoll.add(bfd, ev)
+        };
+        match r {
+            Ok(()) => {
+                l.watches.insert(fd, w);
+                0
+            }
+            Err(e) => -(e as i32),
+        }
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
 unsafe extern "C" fn dispatch_add(
     _p: qb::qb_loop_priority::Type,
     fd: i32,
@@ -65,21 +87,7 @@ unsafe extern "C" fn dispatch_add(
     data: *mut c_void,
     f: qb::qb_ipcs_dispatch_fn_t,
 ) -> i32 {
-    with_loop(|l| {
-        // SAFETY: libqb owns `fd` and keeps it open until it calls dispatch_del.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        match l
-            .epoll
-            .add(bfd, EpollEvent::new(epoll_flags(events), fd as u64))
-        {
-            Ok(()) => {
-                l.watches.insert(fd, Watch { data, f });
-                0
-            }
-            Err(e) => -(e as i32),
-        }
-    })
-    .unwrap_or(-libc::EINVAL)
+    watch(fd, events, Watch { data, f }, false)
 }
 
 unsafe extern "C" fn dispatch_mod(
@@ -89,19 +97,7 @@ unsafe extern "C" fn dispatch_mod(
     data: *mut c_void,
     f: qb::qb_ipcs_dispatch_fn_t,
 ) -> i32 {
-    with_loop(|l| {
-        // SAFETY: as in dispatch_add.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut ev = EpollEvent::new(epoll_flags(events), fd as u64);
-        match l.epoll.modify(bfd, &mut ev) {
-            Ok(()) => {
-                l.watches.insert(fd, Watch { data, f });
-                0
-            }
-            Err(e) => -(e as i32),
-        }
-    })
-    .unwrap_or(-libc::EINVAL)
+    watch(fd, events, Watch { data, f }, true)
 }
 
 unsafe extern "C" fn dispatch_del(fd: i32) -> i32 {
