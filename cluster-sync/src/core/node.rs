@@ -3,6 +3,7 @@
 //! quorum, the clock, local requests). The message handlers are in `sync.rs` (the
 //! round) and at the end of this file (writes). Why it works this way, and where it
 //! departs from pmxcfs's dfsm: `cluster-sync/DESIGN.md`.
+#[cfg(debug_assertions)]
 use std::collections::BTreeMap;
 
 use super::db::{ApplyError, CoreError, Database};
@@ -61,6 +62,7 @@ pub struct Node<D: Database> {
     resyncs: u64,
     /// The last message seq delivered from each member in this configuration: CPG
     /// delivers a sender's messages in the order it sent them.
+    #[cfg(debug_assertions)]
     last_seq: BTreeMap<Member, u64>,
 }
 
@@ -82,6 +84,7 @@ impl<D: Database> Node<D> {
             term_promised_here: None,
             highest_term_seen: 0,
             resyncs: 0,
+            #[cfg(debug_assertions)]
             last_seq: BTreeMap::new(),
         }
     }
@@ -155,6 +158,8 @@ impl<D: Database> Node<D> {
     /// Feed one event; returns the actions to carry out, in order.
     pub fn handle(&mut self, ev: Event<D::Op, D::Entry>) -> Vec<Act<D>> {
         let mut out = Vec::new();
+        // Read only for the assertions: each read takes the tree's lock in the daemon.
+        #[cfg(debug_assertions)]
         let before = (self.db.promised_term(), self.db.term());
         match ev {
             Event::Tick { now } => self.on_tick(now, &mut out),
@@ -163,20 +168,27 @@ impl<D: Database> Node<D> {
             Event::ConfChg { members, .. } => self.on_confchg(members, &mut out),
             Event::Deliver { from, msg } => self.on_deliver(from, msg, &mut out),
         }
+        #[cfg(debug_assertions)]
+        self.check_invariants(before);
+        out
+    }
+
+    /// What must hold after every event, given the promise and term before it.
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self, before: (Term, Term)) {
         let after = (self.db.promised_term(), self.db.term());
-        debug_assert!(
+        assert!(
             after.0 >= before.0,
             "a promise never decreases: {before:?} -> {after:?}"
         );
-        debug_assert!(
+        assert!(
             after.1 >= before.1,
             "a tree's term never decreases: {before:?} -> {after:?}"
         );
-        debug_assert!(
+        assert!(
             !self.round.accepted() || self.round.term == Some(self.db.term()),
             "writes flow only on a tree labelled with the round's term"
         );
-        out
     }
 
     pub(super) fn set_mode(&mut self, m: Mode, out: &mut Vec<Act<D>>) {
@@ -379,6 +391,7 @@ impl<D: Database> Node<D> {
         members.sort();
         members.dedup();
         self.members = members;
+        #[cfg(debug_assertions)]
         self.last_seq.clear();
         // CPG delivered the old round's queue to every member alike, so nobody applied
         // it; this member's writes in it are sent again.
@@ -410,12 +423,15 @@ impl<D: Database> Node<D> {
             tracing::warn!(me = %self.me, %from, kind = msg.body.kind(), "message from non-member dropped");
             return;
         }
-        let last = self.last_seq.insert(from, msg.seq);
-        debug_assert!(
-            last.is_none_or(|l| l < msg.seq),
-            "{from}'s messages delivered out of order: {last:?} then {}",
-            msg.seq
-        );
+        #[cfg(debug_assertions)]
+        {
+            let last = self.last_seq.insert(from, msg.seq);
+            assert!(
+                last.is_none_or(|l| l < msg.seq),
+                "{from}'s messages delivered out of order: {last:?} then {}",
+                msg.seq
+            );
+        }
         if from == self.me {
             // FIFO per sender: own writes sent before this one and still on the wire
             // will never arrive.
