@@ -133,7 +133,8 @@ start_pmxfs() { # start_pmxfs DIR K BIN
     rm -f "$d/n$k/ready"
     # shellcheck disable=SC2086 # PMXFS_ARGS is a word list on purpose
     nsenter --net="/run/netns/$GROUP_PREFIX$k" -- "$bin" --mount "$d/n$k/mnt" \
-        --db "$d/n$k/config.db" --nodename "n$k" ${PMXFS_ARGS:-} \
+        --db "$d/n$k/config.db" --nodename "n$k" --rrd-dir "$d/n$k/rrd" --rrdcached "" \
+        ${PMXFS_ARGS:-} \
         >"$d/n$k/pmxfs.log" 2>&1 </dev/null &
     echo $! >"$d/n$k/pmxfs.pid"
 }

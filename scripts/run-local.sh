@@ -12,7 +12,7 @@ args=()
 if [ "${1:-}" = "--tmp" ]; then
   shift
   d=$(mktemp -d /tmp/pmxfs-local.XXXXXX)
-  args=(--mount "$d/mnt" --db "$d/config.db")
+  args=(--mount "$d/mnt" --db "$d/config.db" --rrd-dir "$d/rrd")
   echo "pmxfs: mount $d/mnt, database $d/config.db"
 fi
 exec target/release/pmxfs --local "${args[@]}" "$@"

@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(fuse3 sqlite3 corosync libcpg-dev libquorum-dev libcmap-dev libvotequorum-dev
       libcfg-dev libqb-dev libclang-dev clang pkg-config iproute2 util-linux psmisc procps openssl
-      ca-certificates curl)
+      ca-certificates curl librrd-dev rrdcached rrdtool)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -40,4 +40,6 @@ if [ -e "$uring" ] && [ "$(cat "$uring")" != Y ]; then
 fi
 # corosync's Debian package starts a daemon on install; the tests run their own.
 systemctl disable --now corosync >/dev/null 2>&1 || true
+# rrdcached's likewise; the RRD tests start a private one on a socket of their own.
+systemctl disable --now rrdcached >/dev/null 2>&1 || true
 echo "setup: ok"

@@ -323,6 +323,138 @@ fn stale_stat_probe(c: &Cluster, rounds: usize) -> usize {
     stale
 }
 
+/// `char key[256]` + value: a SET_STATUS payload.
+fn set_status(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut p = pmxfs_e2e::ipc::z256(key);
+    p.extend_from_slice(value);
+    p
+}
+
+/// GET_STATUS of `key` of node `node` from node `k`.
+fn get_status(c: &Cluster, k: usize, key: &str, node: &str) -> Option<Vec<u8>> {
+    let mut p = pmxfs_e2e::ipc::z256(key);
+    p.extend_from_slice(&pmxfs_e2e::ipc::z256(node));
+    let r = c.ipc(k, &[(5, &p)]).remove(0);
+    (r.0 == 0).then_some(r.1)
+}
+
+/// Node `k`'s whole cluster log, oldest first, as (uid, time, node, msg).
+fn cluster_log(c: &Cluster, k: usize) -> Vec<(u64, u64, String, String)> {
+    let mut p = 1000u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 13]);
+    let (e, body) = c.ipc(k, &[(8, &p)]).remove(0);
+    assert_eq!(e, 0, "GET_CLUSTER_LOG on n{k}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("log JSON");
+    let mut out: Vec<_> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["uid"].as_u64().unwrap(),
+                e["time"].as_u64().unwrap(),
+                e["node"].as_str().unwrap().to_string(),
+                e["msg"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// `log_msg('info', 'root@pam', msg)` on node `k`.
+fn log_msg(c: &Cluster, k: usize, msg: &str) {
+    let mut p = b"\x06\x09\x05root@pam\0test\0".to_vec();
+    p.extend_from_slice(msg.as_bytes());
+    p.push(0);
+    assert_eq!(c.ipc(k, &[(7, &p)])[0].0, 0, "LOG_CLUSTER_MSG on n{k}");
+}
+
+/// `.members` of node `k`, over IPC.
+fn members(c: &Cluster, k: usize) -> serde_json::Value {
+    let (e, body) = c.ipc(k, &[(2, &[])]).remove(0);
+    assert_eq!(e, 0);
+    serde_json::from_slice(&body).expect("members JSON")
+}
+
+/// The status kvstore across nodes: SET_STATUS, the cluster log and RRD updates reach
+/// every node; `.members` tells who is online; after a cut and a heal, entries logged
+/// on both sides are on every node, once, in the same order.
+fn kvstore(c: &Cluster) {
+    let all = Duration::from_secs(20);
+    assert_eq!(
+        c.ipc(1, &[(4, &set_status("kv/e2e", b"from n1\0"))])[0].0,
+        0
+    );
+    for k in 2..=3 {
+        let got = wait_until(all, || {
+            get_status(c, k, "kv/e2e", "n1").as_deref() == Some(b"from n1\0")
+        });
+        assert!(got.is_some(), "n{k} never saw n1's status\n{}", c.logs());
+    }
+    // Every node published its address, and sees every node online.
+    let m = members(c, 2);
+    for k in 1..=3 {
+        assert_eq!(m["nodelist"][format!("n{k}")]["online"], 1, "{m}");
+        assert_eq!(
+            m["nodelist"][format!("n{k}")]["ip"],
+            format!("10.77.0.{k}"),
+            "{m}"
+        );
+    }
+    let st = c.status(1);
+    assert_eq!(st["kvstore"]["group"]["mode"], "Synced", "{st}");
+    assert_eq!(
+        st["kvstore"]["group"]["members"].as_array().map(Vec::len),
+        Some(3)
+    );
+    log_msg(c, 1, "logged on n1");
+    let seen = wait_until(all, || {
+        cluster_log(c, 3).iter().any(|e| e.3 == "logged on n1")
+    });
+    assert!(seen.is_some(), "n3 never got n1's log entry\n{}", c.logs());
+
+    // An RRD update on n1 becomes a file on every node.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let cols = vec!["2"; 19].join(":");
+    let rrd = set_status(
+        "rrd/pve-node-9.0/n1",
+        format!("60:0:{now}:{cols}\0").as_bytes(),
+    );
+    assert_eq!(c.ipc(1, &[(4, &rrd)])[0].0, 0);
+    for k in 1..=3 {
+        let f = c.dir.join(format!("n{k}/rrd/pve-node-9.0/n1"));
+        let made = wait_until(all, || f.exists());
+        assert!(made.is_some(), "no RRD file on n{k}\n{}", c.logs());
+    }
+
+    // A cut: both sides log; n1 sees n3 go offline.
+    c.cut(3);
+    let off = wait_until(all, || members(c, 1)["nodelist"]["n3"]["online"] == 0);
+    assert!(off.is_some(), "n1 still shows n3 online\n{}", c.logs());
+    log_msg(c, 1, "left of the cut");
+    log_msg(c, 3, "right of the cut");
+    c.heal(3);
+    let healed = wait_until(Duration::from_secs(40), || {
+        let logs: Vec<_> = (1..=3).map(|k| cluster_log(c, k)).collect();
+        logs.iter().all(|l| *l == logs[0])
+            && ["left of the cut", "right of the cut"]
+                .iter()
+                .all(|m| logs[0].iter().filter(|e| e.3 == *m).count() == 1)
+    });
+    assert!(
+        healed.is_some(),
+        "logs differ after the heal: {:?}\n{}",
+        (1..=3).map(|k| cluster_log(c, k)).collect::<Vec<_>>(),
+        c.logs()
+    );
+    let back = wait_until(all, || members(c, 1)["nodelist"]["n3"]["online"] == 1);
+    assert!(back.is_some(), "n1 never saw n3 back\n{}", c.logs());
+}
+
 #[test]
 fn three_node_cluster() {
     let c = Cluster::up(3, "");
@@ -336,6 +468,7 @@ fn three_node_cluster() {
         assert!(s["requests"]["io_uring"].as_u64().unwrap() > 0, "node {k}");
     }
     convergence(&c);
+    kvstore(&c);
     lock_race(&c);
     let stale = stale_stat_probe(&c, 20);
     assert_eq!(stale, 0, "coherent mode answered stat() stale after a lock");

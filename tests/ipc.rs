@@ -95,6 +95,81 @@ fn every_operation_answers_as_pmxcfs() {
     );
     assert_eq!(c.call(4, &z256("rrd/pve-node-9.0/n1")).0, -libc::ENOMEM);
 
+    // The update is written to its RRD file, with pmxcfs's schema (19 data sources of
+    // a node) and the update's time; the writer runs on its own thread. pvestatd's node
+    // data starts with uptime and sublevel, which are not archived.
+    let rrd_file = fs.dir.path().join("rrd/pve-node-9.0/n1");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut node = z256("rrd/pve-node-9.0/n1");
+    let cols = vec!["1"; 19].join(":");
+    node.extend_from_slice(format!("3600:0:{now}:{cols}\0").as_bytes());
+    assert_eq!(c.call(4, &node).0, 0);
+    let info = pmxfs_e2e::wait_until(std::time::Duration::from_secs(10), || {
+        rrd_info(&rrd_file).contains(&format!("last_update = {now}"))
+    });
+    assert!(
+        info.is_some(),
+        "RRD file not written: {}",
+        rrd_info(&rrd_file)
+    );
+    let info = rrd_info(&rrd_file);
+    assert_eq!(info.matches(".index = ").count(), 19, "{info}");
+    assert!(info.contains("step = 60"), "{info}");
+
+    // 7 and 8: a cluster log entry as `log_msg('info', 'root@pam', 'hello')` sends it,
+    // then read back with `get_cluster_log('root@pam', 10)` and through `.clusterlog`.
+    let log = b"\x06\x09\x08root@pam\0unknown\0hello\0";
+    assert_eq!(log.len() + 16, 42);
+    assert_eq!(c.call(7, log), (0, Vec::new()));
+    let mut get_log = 10u32.to_le_bytes().to_vec();
+    get_log.extend_from_slice(&[0; 12]);
+    get_log.extend_from_slice(b"root@pam\0");
+    assert_eq!(get_log.len() + 16, 41);
+    let (e, body) = c.call(8, &get_log);
+    assert_eq!(e, 0);
+    let l = json(&body);
+    let first = &l["data"][0];
+    assert_eq!(first["msg"], "hello", "{l}");
+    assert_eq!(first["user"], "root@pam");
+    assert_eq!(first["tag"], "unknown");
+    assert_eq!(first["node"], "n1");
+    assert_eq!(first["pri"], 6);
+    assert!(
+        first["pid"].as_u64().unwrap() > 0,
+        "the client's pid: {first}"
+    );
+    assert_eq!(
+        l["data"].as_array().unwrap().len(),
+        1,
+        "only root@pam's: {l}"
+    );
+    // Everyone's: also the log's opening entry.
+    let mut all = 0u32.to_le_bytes().to_vec();
+    all.extend_from_slice(&[0; 12]);
+    all.push(0);
+    let l = json(&c.call(8, &all).1);
+    let msgs: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(msgs, vec!["hello", "starting cluster log"]);
+    let file = json(&fs::read(fs.p(".clusterlog")).unwrap());
+    assert_eq!(file["data"][0]["msg"], "hello");
+    assert_eq!(c.call(8, &[0; 16]).0, EINVAL, "no user string");
+    assert_eq!(
+        c.call(7, b"\x06\x09\x08root@pam\0unknown\0").0,
+        EINVAL,
+        "no msg"
+    );
+    assert_eq!(c.call(7, b"\x06\x09\x08root@pamXunknown\0hi\0").0, EINVAL);
+    assert_eq!(c.call(7, b"\x06\x00\x00hi\0").0, EINVAL, "zero lengths");
+    assert_eq!(c.call(7, b"\x06").0, EINVAL);
+
     // 6: GET_CONFIG as `get_config('storage.cfg')` sends it.
     assert_eq!(b"storage.cfg\0".len() + 16, 28);
     assert_eq!(c.call(6, b"storage.cfg\0"), (0, b"dir: local\n".to_vec()));
@@ -166,7 +241,31 @@ fn every_operation_answers_as_pmxcfs() {
     let mut lying = IpcClient::header(1, 0);
     lying[8..12].copy_from_slice(&100i32.to_ne_bytes());
     assert_eq!(c.call_raw(&lying, &[]).0, EINVAL);
-    assert!(fs.status()["ipc"]["requests"].as_u64().unwrap() > 40);
+    let st = fs.status();
+    assert!(st["ipc"]["requests"].as_u64().unwrap() > 40);
+    // `pmxfs status` lists this client, as root, with its requests.
+    let me = std::process::id();
+    let clients = st["ipc"]["clients"].as_array().unwrap();
+    let mine = clients
+        .iter()
+        .find(|c| c["pid"] == me)
+        .expect("this client listed");
+    assert_eq!(
+        (mine["uid"].as_u64(), mine["read_only"].as_bool()),
+        (Some(0), Some(false))
+    );
+    assert!(mine["requests"].as_u64().unwrap() > 40, "{mine}");
+    assert_eq!(st["rrd"]["written"], 1, "{st}");
+}
+
+/// `rrdtool info` of `file` ("" if it cannot be read).
+fn rrd_info(file: &std::path::Path) -> String {
+    Command::new("rrdtool")
+        .arg("info")
+        .arg(file)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn ipc_call(fs: &Pmxfs, who: &str, calls: &[(i32, &[u8])]) -> (Option<i32>, Vec<(i32, String)>) {
@@ -215,11 +314,13 @@ fn read_only_and_refused_clients() {
             (6, b"priv\0"),
             (6, b"nodes/n1/priv/x\0"),
             (12, b"root@pam!tok secret\0"),
+            (7, b"\x06\x09\x08root@pam\0unknown\0hello\0"),
+            (8, b"\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"),
         ],
     );
     assert_eq!(code, Some(0));
     let errors: Vec<i32> = r.iter().map(|(e, _)| *e).collect();
-    assert_eq!(errors, vec![0, eperm, 0, eperm, eperm, eperm, 0]);
+    assert_eq!(errors, vec![0, eperm, 0, eperm, eperm, eperm, 0, eperm, 0]);
     assert_eq!(r[2].1, "6469723a206c6f63616c0a", "storage.cfg read");
     // root in group www-data is read-only too, as in pmxcfs.
     let (_, r) = ipc_call(&fs, &format!("0:{www}"), &[(4, &set)]);

@@ -139,6 +139,19 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
             "connections": Metrics::get(&m.ipc_connections),
             "requests": Metrics::get(&m.ipc_requests),
             "dropped": Metrics::get(&m.ipc_dropped),
+            "clients": tree.ipc_clients.list(),
+        },
+        "kvstore": {
+            "group": st.kvstore(),
+            "sent": Metrics::get(&m.kvstore_sent),
+            "delivered": Metrics::get(&m.kvstore_delivered),
+            "dropped": Metrics::get(&m.kvstore_dropped),
+            "restarts": Metrics::get(&m.kvstore_restarts),
+            "log_entries": tree.kv.lock().log.len(),
+        },
+        "rrd": {
+            "written": Metrics::get(&m.rrd_written),
+            "failed": Metrics::get(&m.rrd_failed),
         },
         "requests": {
             "lookup": Metrics::get(&m.lookups),

@@ -56,6 +56,10 @@ pub struct DaemonOpts {
     pub faults: Faults,
     /// libqb service name of the IPC server (`pve2`).
     pub ipc_name: String,
+    /// Directory of the RRD files.
+    pub rrd_dir: PathBuf,
+    /// rrdcached's address ("" for none).
+    pub rrdcached: String,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -169,6 +173,8 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     let _instance = lock_instance(&opts.db)?;
     let mount = crate::mountpoint::prepare(&opts.mount)?;
     let tree = open_tree(&opts, &mount)?;
+    let rrd = rrd_sys::RrdWriter::new(&opts.rrd_dir, Some(opts.rrdcached.clone()));
+    tree.set_rrd(Box::new(crate::rrd::start(rrd, &tree)?));
     if opts.local {
         ensure_base_dirs(&tree, &opts.nodename);
     }
@@ -327,6 +333,8 @@ fn mount_fs(opts: &DaemonOpts, mount: &Path, fs: Arc<PmxFs>) -> Result<Mounted> 
 /// once the node is quorate.
 fn join_cluster(tree: &Arc<Tree>, nodename: &str) -> Result<()> {
     tree.set_replicator(Box::new(crate::cluster::runner::start(tree.clone())?));
+    let kv = crate::cluster::kvstore::start(tree.clone(), nodename.to_string())?;
+    tree.set_broadcast(Box::new(kv));
     let (tree, name) = (tree.clone(), nodename.to_string());
     std::thread::Builder::new()
         .name("pmxfs-base-dirs".into())

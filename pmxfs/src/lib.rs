@@ -20,6 +20,7 @@ pub mod faults;
 pub mod fs;
 pub mod ipc;
 pub mod mountpoint;
+pub mod rrd;
 pub mod transport;
 pub mod tree;
 

@@ -119,6 +119,14 @@ struct DaemonArgs {
     /// libqb service name of the IPC server PVE's daemons connect to.
     #[arg(long, default_value = pmxfs::ipc::SERVICE)]
     ipc_name: String,
+    /// Directory of the RRD files (pve-{node,vm,storage}-9.0/<id>) written for every
+    /// node's RRD updates.
+    #[arg(long, default_value = rrd_sys::writer::PVE_RRD_DIR)]
+    rrd_dir: std::path::PathBuf,
+    /// rrdcached's address for RRD updates ("" for none: librrd writes directly, as it
+    /// also does when the daemon is not running).
+    #[arg(long, default_value = rrd_sys::writer::PVE_RRDCACHED)]
+    rrdcached: String,
     /// Accept the control socket's test hooks: operations injected as if from another
     /// node, and moving the daemon's clock forward.
     #[arg(long, hide = true)]
@@ -187,6 +195,8 @@ fn run_daemon(a: DaemonArgs) -> Result<()> {
         debug_hooks: a.debug_hooks,
         faults: pmxfs::faults::Faults::from_list(&a.faults),
         ipc_name: a.ipc_name,
+        rrd_dir: a.rrd_dir,
+        rrdcached: a.rrdcached,
     };
     daemon::run(opts)
 }
@@ -246,6 +256,46 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
     println!(
         "ipc:       {} connections, {} requests, {} clients dropped",
         v["ipc"]["connections"], v["ipc"]["requests"], v["ipc"]["dropped"]
+    );
+    for c in v["ipc"]["clients"].as_array().into_iter().flatten() {
+        println!(
+            "  client:  pid {} uid {} gid {}{}, {} requests",
+            c["pid"],
+            c["uid"],
+            c["gid"],
+            if c["read_only"] == true {
+                " (read-only)"
+            } else {
+                ""
+            },
+            c["requests"]
+        );
+    }
+    let kv = &v["kvstore"];
+    let kv_members: Vec<String> = kv["group"]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| format!("{}/{}", m[0], m[1]))
+        .collect();
+    if v["mode"] == "cluster" {
+        println!(
+            "kvstore:   {}, members {}; {} sent, {} delivered, {} dropped, {} rejoins",
+            kv["group"]["mode"].as_str().unwrap_or("?"),
+            if kv_members.is_empty() {
+                "-".to_string()
+            } else {
+                kv_members.join(" ")
+            },
+            kv["sent"],
+            kv["delivered"],
+            kv["dropped"],
+            kv["restarts"]
+        );
+    }
+    println!(
+        "log:       {} cluster log entries; rrd: {} written, {} failed",
+        kv["log_entries"], v["rrd"]["written"], v["rrd"]["failed"]
     );
     println!(
         "coherence: {}",

@@ -92,6 +92,9 @@ impl Pmxfs {
             .arg(db)
             .arg("--ipc-name")
             .arg(&self.ipc)
+            .arg("--rrd-dir")
+            .arg(self.dir.path().join("rrd"))
+            .args(["--rrdcached", ""])
             .args(&self.args)
             .env("PMXFS_RUN_DIR", &self.run)
             .env("PMXFS_LOG", "warn");
@@ -475,6 +478,37 @@ impl Cluster {
             .output()
             .expect("pmxfs status");
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Send IPC requests `(id, payload)` to node `k`'s `pve2` server (in its network
+    /// namespace, as root), returning `(error, body)` per reply.
+    pub fn ipc(&self, k: usize, calls: &[(i32, &[u8])]) -> Vec<(i32, Vec<u8>)> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/pmx{k}"))
+            .arg("--")
+            .arg(bin("ipc-call"))
+            .arg("pve2");
+        for (id, p) in calls {
+            cmd.arg(id.to_string());
+            cmd.arg(p.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        }
+        let out = cmd.output().expect("run ipc-call");
+        assert!(
+            out.status.success(),
+            "ipc-call on n{k}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let (e, b) = l.split_once(' ').unwrap_or((l, ""));
+                let body = (0..b.len() / 2)
+                    .map(|i| u8::from_str_radix(&b[2 * i..2 * i + 2], 16).expect("hex"))
+                    .collect();
+                (e.parse().expect("errno"), body)
+            })
+            .collect()
     }
 
     /// Every node's pmxfs log (for failure messages).

@@ -24,7 +24,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
-use crate::tree::status::Member as StatusMember;
 use crate::tree::{Metrics, Origin, Replicator, Tree};
 
 /// CPG group of pmxfs nodes (not pmxcfs's `pve_dcdb_v1`: the encoding differs).
@@ -266,7 +265,7 @@ fn cpg_event(
             left,
             joined,
         } => {
-            publish_members(tree, cmap, &members);
+            publish_members(tree, cmap);
             run(
                 node,
                 waiting,
@@ -312,36 +311,9 @@ fn deliver(
     }
 }
 
-/// Publish the membership for `.members` and `pmxfs status`, with names from cmap.
-fn publish_members(tree: &Tree, cmap: Option<&Cmap>, members: &[CpgAddress]) {
-    let online: Vec<u32> = members.iter().map(|m| m.nodeid).collect();
-    let (name, list) = match cmap {
-        Some(c) => (c.cluster_name().ok(), c.nodelist().unwrap_or_default()),
-        None => (None, Vec::new()),
-    };
-    let mut out: Vec<StatusMember> = list
-        .iter()
-        .map(|n| StatusMember {
-            name: if n.name.is_empty() {
-                n.ring0_addr.clone()
-            } else {
-                n.name.clone()
-            },
-            id: n.nodeid,
-            online: online.contains(&n.nodeid),
-            ip: (!n.ring0_addr.is_empty()).then(|| n.ring0_addr.clone()),
-        })
-        .collect();
-    for id in &online {
-        if !out.iter().any(|m| m.id == *id) {
-            out.push(StatusMember {
-                name: format!("node{id}"),
-                id: *id,
-                online: true,
-                ip: None,
-            });
-        }
-    }
-    out.sort_by_key(|m| m.id);
-    tree.status.set_members(name, out);
+/// Publish the cluster's name and node list for `.members` and `pmxfs status` (who
+/// is online is the kvstore group's part).
+fn publish_members(tree: &Tree, cmap: Option<&Cmap>) {
+    let (name, nodes) = super::nodelist(cmap);
+    tree.status.set_nodelist(name, nodes);
 }

@@ -5,7 +5,7 @@
 use memdb::paths;
 use nix::errno::Errno;
 
-use crate::tree::vfiles::Virt;
+use crate::tree::vfiles::{Virt, CLUSTERLOG_ENTRIES};
 use crate::tree::Tree;
 
 /// Operation ids (`cfs-ipc-ops.h`).
@@ -76,9 +76,12 @@ pub fn answer(tree: &Tree, client: Client, id: i32, payload: &[u8]) -> Answer {
         op::SET_STATUS => set_status(tree, client, payload),
         op::GET_STATUS => get_status(tree, payload),
         op::GET_CONFIG => get_config(tree, client, payload),
+        op::LOG_CLUSTER_MSG => log_cluster_msg(tree, client, payload),
+        op::GET_CLUSTER_LOG => get_cluster_log(tree, payload),
         op::GET_RRD_DUMP => {
             // The dump carries one NUL after its text (the `.rrd` file does not).
-            let mut b = tree.kv.rrd_dump(tree.clock.now()).into_bytes();
+            let now = tree.clock.now();
+            let mut b = tree.kv.lock().rrd_dump(now).into_bytes();
             b.push(0);
             Ok(b)
         }
@@ -116,7 +119,46 @@ fn get_status(tree: &Tree, payload: &[u8]) -> Answer {
     } else {
         node
     };
-    tree.kv.get(node, name).ok_or(Errno::ENOENT)
+    tree.kv.lock().get(node, name).ok_or(Errno::ENOENT)
+}
+
+/// `u8 priority, u8 ident_len, u8 tag_len`, then ident, tag and msg, each
+/// NUL-terminated (the lengths count the NUL; msg's NUL may be missing, as pmxcfs
+/// checks the byte after the request there).
+fn log_cluster_msg(tree: &Tree, client: Client, payload: &[u8]) -> Answer {
+    if client.read_only {
+        return Err(Errno::EPERM);
+    }
+    let [priority, ident_len, tag_len, data @ ..] = payload else {
+        return Err(Errno::EINVAL);
+    };
+    let (il, tl) = (*ident_len as usize, *tag_len as usize);
+    // pmxcfs reads before the strings for a zero length; that is refused here.
+    if il == 0 || tl == 0 || data.len() < il + tl + 1 {
+        return Err(Errno::EINVAL);
+    }
+    if data[il - 1] != 0 || data[il + tl - 1] != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let ident = String::from_utf8_lossy(c_str(&data[..il]));
+    let tag = String::from_utf8_lossy(c_str(&data[il..il + tl]));
+    let msg = String::from_utf8_lossy(c_str(&data[il + tl..]));
+    tree.cluster_log(&ident, &tag, client.pid, *priority, &msg)?;
+    Ok(Vec::new())
+}
+
+/// `u32 max_entries, u32 reserved[3]`, then the user to filter by, NUL-terminated
+/// (empty: everyone's); at most 50 entries when `max_entries` is 0.
+fn get_cluster_log(tree: &Tree, payload: &[u8]) -> Answer {
+    if payload.len() <= 16 {
+        return Err(Errno::EINVAL);
+    }
+    let max = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+    let max = if max == 0 { CLUSTERLOG_ENTRIES } else { max };
+    // pmxcfs forces the request's last byte to NUL.
+    let user = String::from_utf8_lossy(c_str(&payload[16..payload.len() - 1]));
+    let user = (!user.is_empty()).then_some(user.as_ref());
+    Ok(tree.kv.lock().log.dump_json(max, user).into_bytes())
 }
 
 /// A path relative to the mount, NUL-terminated.

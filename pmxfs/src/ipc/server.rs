@@ -20,6 +20,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use super::ops::{self, Client, REQUEST_HEADER, RESPONSE_HEADER};
+use crate::tree::clients::ClientInfo;
 use crate::tree::{Metrics, Tree};
 
 /// Jobs libqb may queue (`job_add`) at most; beyond, it is told to try again.
@@ -127,9 +128,10 @@ unsafe extern "C" fn job_add(
     .unwrap_or(-libc::EINVAL)
 }
 
-/// What a connection carries: who it is.
+/// What a connection carries: who it is, and its id among the tree's clients.
 struct Conn {
     client: Client,
+    id: u64,
 }
 
 unsafe extern "C" fn accept(c: *mut qb::qb_ipcs_connection_t, uid: u32, gid: u32) -> i32 {
@@ -153,11 +155,21 @@ unsafe extern "C" fn accept(c: *mut qb::qb_ipcs_connection_t, uid: u32, gid: u32
     let mut stats = qb::qb_ipcs_connection_stats::default();
     // SAFETY: `c` is the connection libqb is accepting; `stats` is a valid out pointer.
     unsafe { qb::qb_ipcs_connection_stats_get(c, &mut stats, 0) };
-    let conn = Box::new(Conn {
-        client: Client {
+    let pid = stats.client_pid.max(0) as u32;
+    let Some(id) = with_loop(|l| {
+        l.tree.ipc_clients.connected(ClientInfo {
+            pid,
+            uid,
+            gid,
             read_only,
-            pid: stats.client_pid.max(0) as u32,
-        },
+            requests: 0,
+        })
+    }) else {
+        return -libc::EINVAL;
+    };
+    let conn = Box::new(Conn {
+        client: Client { read_only, pid },
+        id,
     });
     // SAFETY: the context is freed in `destroyed`, which libqb calls once per connection.
     unsafe { qb::qb_ipcs_context_set(c, Box::into_raw(conn).cast()) };
@@ -175,7 +187,8 @@ unsafe extern "C" fn destroyed(c: *mut qb::qb_ipcs_connection_t) {
         let p = qb::qb_ipcs_context_get(c).cast::<Conn>();
         if !p.is_null() {
             qb::qb_ipcs_context_set(c, std::ptr::null_mut());
-            drop(Box::from_raw(p));
+            let conn = Box::from_raw(p);
+            with_loop(|l| l.tree.ipc_clients.gone(conn.id));
         }
     }
 }
@@ -241,6 +254,7 @@ unsafe extern "C" fn process(
         })
     });
     Metrics::bump(&tree.metrics.ipc_requests);
+    tree.ipc_clients.asked(conn.id);
     let mut reply = response(id, answer);
     // SAFETY: `c` is a live connection.
     let room = unsafe { qb::qb_ipcs_connection_get_buffer_size(c) };

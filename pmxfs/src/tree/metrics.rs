@@ -31,6 +31,18 @@ pub struct Metrics {
     pub ipc_requests: AtomicU64,
     /// IPC clients dropped because their reply could not be sent.
     pub ipc_dropped: AtomicU64,
+    /// Messages this node sent to the kvstore group.
+    pub kvstore_sent: AtomicU64,
+    /// Messages delivered from the kvstore group (own included).
+    pub kvstore_delivered: AtomicU64,
+    /// This node's updates dropped because the kvstore thread's queue was full.
+    pub kvstore_dropped: AtomicU64,
+    /// Times this node left the kvstore group and joined again.
+    pub kvstore_restarts: AtomicU64,
+    /// RRD updates written.
+    pub rrd_written: AtomicU64,
+    /// RRD updates that failed or were dropped because the writer's queue was full.
+    pub rrd_failed: AtomicU64,
 }
 
 impl Metrics {

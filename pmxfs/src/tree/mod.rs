@@ -16,9 +16,9 @@
 //! shared-memory versions, which move only once the kernel's caches are invalidated so
 //! that a reader who sees a new version reads the new content.
 
+pub mod clients;
 pub mod clock;
 pub mod kernel;
-pub mod kvstore;
 pub mod metrics;
 pub mod notify;
 pub mod status;
@@ -30,8 +30,10 @@ use std::sync::{Arc, OnceLock};
 use memdb::replica::Replica;
 use memdb::{paths, Applied, Change, LockEvent, MemDb, Op, OpCtx};
 use nix::errno::Errno;
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use pmxfs_client::versions::{self, VersionShmWriter};
+use pve_status::clog::Entry;
+use pve_status::store::{SetError, StatusStore, Stored};
 
 use crate::coherence;
 pub use clock::Clock;
@@ -44,6 +46,21 @@ use status::Status;
 pub trait Replicator: Send + Sync {
     /// Multicast `op` and block until this node applied it (or it failed).
     fn submit(&self, op: Op) -> Result<(), Errno>;
+}
+
+/// Tells the other nodes of this node's status (the kvstore group's adapter). Never
+/// blocks: an IPC client does not wait for corosync.
+pub trait StatusBroadcast: Send + Sync {
+    /// A `SET_STATUS` of this node.
+    fn set(&self, key: &str, value: &[u8]);
+    /// A log entry made on this node.
+    fn log(&self, entry: &Entry);
+}
+
+/// Writes RRD updates to their files, off the caller's thread. Never blocks.
+pub trait RrdSink: Send + Sync {
+    /// Write update `data` of RRD key `key` (the part after `rrd/`).
+    fn update(&self, key: &str, data: &str);
 }
 
 /// Where a published change came from.
@@ -69,10 +86,15 @@ pub struct Tree {
     db: Arc<RwLock<MemDb>>,
     /// Node status: mode, quorum, members, `.version` counters.
     pub status: Arc<Status>,
-    /// The status kvstore (`SET_STATUS`/`GET_STATUS`, RRD updates, node addresses).
-    pub kv: kvstore::KvStore,
+    /// The status kvstore (`SET_STATUS`/`GET_STATUS`, RRD updates, node addresses,
+    /// the cluster log). Lock order: after the tree's lock, never before it.
+    pub kv: Mutex<StatusStore>,
+    broadcast: OnceLock<Box<dyn StatusBroadcast>>,
+    rrd: OnceLock<Box<dyn RrdSink>>,
     /// What the kernel holds.
     pub refs: KernelRefs,
+    /// The IPC clients connected now.
+    pub ipc_clients: clients::Clients,
     /// Whether changes the kernel did not make are pushed to it as invalidations.
     coherence: bool,
     inval: OnceLock<Invalidator>,
@@ -97,9 +119,16 @@ impl Tree {
     ) -> Arc<Tree> {
         Arc::new(Tree {
             db: Arc::new(RwLock::new(db)),
-            kv: kvstore::KvStore::new(&status.nodename),
+            kv: Mutex::new(StatusStore::new(
+                &status.nodename,
+                std::process::id(),
+                Clock::default().now(),
+            )),
+            broadcast: OnceLock::new(),
+            rrd: OnceLock::new(),
             status,
             refs: KernelRefs::default(),
+            ipc_clients: clients::Clients::default(),
             coherence,
             inval: OnceLock::new(),
             versions: versions.map(Arc::new),
@@ -304,18 +333,84 @@ impl Tree {
         }
     }
 
-    /// `SET_STATUS` of this node's `key` (see [`kvstore::KvStore::set_local`]).
+    /// Attach the kvstore group (cluster mode); at most once.
+    pub fn set_broadcast(&self, b: Box<dyn StatusBroadcast>) {
+        if self.broadcast.set(b).is_err() {
+            panic!("status broadcast attached twice");
+        }
+    }
+
+    /// Attach the RRD writer; at most once.
+    pub fn set_rrd(&self, r: Box<dyn RrdSink>) {
+        if self.rrd.set(r).is_err() {
+            panic!("RRD writer attached twice");
+        }
+    }
+
+    /// `SET_STATUS` of this node's `key`, stored as pmxcfs stores it (see
+    /// [`StatusStore::set_local`]), written to its RRD file if it is an RRD update, and
+    /// sent to the other nodes whatever its kind.
     pub fn set_status(&self, key: &str, value: &[u8]) -> Result<(), Errno> {
-        if let kvstore::Stored::Ip(true) = self.kv.set_local(key, value, self.clock.now())? {
-            self.status.bump_clinfo();
+        let stored = self
+            .kv
+            .lock()
+            .set_local(key, value, self.clock.now())
+            .map_err(|e| match e {
+                SetError::TooBig => Errno::EFBIG,
+                SetError::Malformed => Errno::ENOMEM,
+            })?;
+        match stored {
+            Stored::Rrd { key, data } => self.write_rrd(&key, &data),
+            Stored::Ip(true) => self.publish_ips(),
+            _ => {}
+        }
+        if let Some(b) = self.broadcast.get() {
+            b.set(key, value);
         }
         Ok(())
+    }
+
+    /// `LOG_CLUSTER_MSG`: log `msg` as this node's (pmxcfs's `clog_pack`), and send it
+    /// to the other nodes. A priority beyond syslog's 0..=7 is EINVAL (pmxcfs answers
+    /// success and logs nothing).
+    pub fn cluster_log(
+        &self,
+        ident: &str,
+        tag: &str,
+        pid: u32,
+        priority: u8,
+        msg: &str,
+    ) -> Result<(), Errno> {
+        let now = self.clock.now();
+        let entry = self
+            .kv
+            .lock()
+            .log_local(ident, tag, pid, priority, now, msg)
+            .map_err(|_| Errno::EINVAL)?;
+        if let Some(b) = self.broadcast.get() {
+            b.log(&entry);
+        }
+        Ok(())
+    }
+
+    /// Write an RRD update to its file (off this thread), if a writer is attached.
+    pub fn write_rrd(&self, key: &str, data: &str) {
+        if let Some(r) = self.rrd.get() {
+            r.update(key, data);
+        }
+    }
+
+    /// Publish the nodes' addresses from the kvstore for `.members`.
+    pub fn publish_ips(&self) {
+        let ips = self.kv.lock().ips().clone();
+        self.status.set_ips(ips);
     }
 
     /// Content of a virtual file, or the target of a virtual link.
     pub fn virtual_file(&self, v: vfiles::Virt) -> String {
         let db = self.db.read();
-        vfiles::content(v, &self.status, &self.kv, &db)
+        let mut kv = self.kv.lock();
+        vfiles::content(v, &self.status, &mut kv, &db)
     }
 
     /// Fold the store's write-ahead log into the database (clean shutdown).

@@ -1,7 +1,7 @@
 //! Node status shared by the filesystem, the virtual files and `pmxfs status`: node
 //! name, mode, quorum, members, and the per-path change counters of `.version`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use parking_lot::Mutex;
@@ -32,6 +32,24 @@ pub struct Member {
     pub ip: Option<String>,
 }
 
+/// This node in the kvstore group, for `pmxfs status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KvGroupView {
+    /// The group machine's mode ("Synced", …; empty before joining).
+    pub mode: String,
+    /// The members as (node id, pid).
+    pub members: Vec<(u32, u32)>,
+}
+
+/// What corosync and the kvstore say of the cluster.
+#[derive(Debug, Default)]
+struct Cluster {
+    name: Option<String>,
+    nodes: Vec<(String, u32)>,
+    online: Vec<u32>,
+    ips: BTreeMap<String, String>,
+}
+
 /// Shared, lock-light node status.
 #[derive(Debug)]
 pub struct Status {
@@ -43,8 +61,8 @@ pub struct Status {
     pub start_time: u64,
     quorate: AtomicBool,
     clinfo_version: AtomicU32,
-    cluster_name: Mutex<Option<String>>,
-    members: Mutex<Vec<Member>>,
+    cluster: Mutex<Cluster>,
+    kvstore: Mutex<KvGroupView>,
     counters: Mutex<HashMap<&'static str, u32>>,
 }
 
@@ -61,8 +79,8 @@ impl Status {
             start_time,
             quorate: AtomicBool::new(mode == Mode::Local),
             clinfo_version: AtomicU32::new(0),
-            cluster_name: Mutex::new(None),
-            members: Mutex::new(Vec::new()),
+            cluster: Mutex::new(Cluster::default()),
+            kvstore: Mutex::new(KvGroupView::default()),
             counters: Mutex::new(OBSERVED_PATHS.iter().map(|p| (*p, 0)).collect()),
         }
     }
@@ -77,16 +95,68 @@ impl Status {
         self.quorate.store(q, Ordering::Release);
     }
 
-    /// Replace the member list and cluster name; bumps the clinfo counter.
-    pub fn set_members(&self, cluster_name: Option<String>, members: Vec<Member>) {
-        *self.cluster_name.lock() = cluster_name;
-        *self.members.lock() = members;
+    /// Replace the cluster's name and node list (name, id), as corosync's cmap has
+    /// them; bumps the clinfo counter.
+    pub fn set_nodelist(&self, cluster_name: Option<String>, nodes: Vec<(String, u32)>) {
+        let mut c = self.cluster.lock();
+        c.name = cluster_name;
+        c.nodes = nodes;
         self.clinfo_version.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Current members.
+    /// Publish this node's view of the kvstore group.
+    pub fn set_kvstore(&self, view: KvGroupView) {
+        *self.kvstore.lock() = view;
+    }
+
+    /// This node's view of the kvstore group.
+    pub fn kvstore(&self) -> KvGroupView {
+        self.kvstore.lock().clone()
+    }
+
+    /// The nodes of the kvstore group's membership (`online`); bumps the clinfo counter.
+    pub fn set_online(&self, ids: Vec<u32>) {
+        self.cluster.lock().online = ids;
+        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The nodes' addresses from the kvstore (`ip`); bumps the clinfo counter if they
+    /// changed.
+    pub fn set_ips(&self, ips: BTreeMap<String, String>) {
+        let mut c = self.cluster.lock();
+        if c.ips != ips {
+            c.ips = ips;
+            self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Current members: the node list, with the group's online nodes and the nodes'
+    /// addresses; a member missing from the node list is named by its id.
     pub fn members(&self) -> Vec<Member> {
-        self.members.lock().clone()
+        let c = self.cluster.lock();
+        let mut out: Vec<Member> = c
+            .nodes
+            .iter()
+            .map(|(name, id)| Member {
+                name: name.clone(),
+                id: *id,
+                online: c.online.contains(id),
+                ip: c.ips.get(name).cloned(),
+            })
+            .collect();
+        for id in &c.online {
+            if !out.iter().any(|m| m.id == *id) {
+                let name = format!("node{id}");
+                out.push(Member {
+                    ip: c.ips.get(&name).cloned(),
+                    name,
+                    id: *id,
+                    online: true,
+                });
+            }
+        }
+        out.sort_by_key(|m| m.id);
+        out
     }
 
     /// Record that `path` changed (pmxcfs `record_memdb_change`).
@@ -144,7 +214,7 @@ impl Status {
 
     /// `.members` content, in pmxcfs's layout.
     pub fn members_json(&self) -> String {
-        let members = self.members.lock();
+        let members = self.members();
         let version = self.clinfo_version.load(Ordering::Acquire);
         let mut s = String::from("{\n");
         s += &format!("\"nodename\": {},\n", json_str(&self.nodename));
@@ -153,7 +223,7 @@ impl Status {
             return s;
         }
         s += &format!("\"version\": {version},\n");
-        let name = self.cluster_name.lock().clone().unwrap_or_default();
+        let name = self.cluster.lock().name.clone().unwrap_or_default();
         s += &format!(
             "\"cluster\": {{ \"name\": {}, \"version\": 1, \"nodes\": {}, \"quorate\": {} }},\n",
             json_str(&name),
@@ -219,26 +289,18 @@ mod tests {
             st.members_json(),
             "{\n\"nodename\": \"n1\",\n\"version\": 0\n}\n"
         );
-        st.set_members(
-            Some("c".into()),
-            vec![
-                Member {
-                    name: "n1".into(),
-                    id: 1,
-                    online: true,
-                    ip: Some("10.0.0.1".into()),
-                },
-                Member {
-                    name: "n2".into(),
-                    id: 2,
-                    online: false,
-                    ip: None,
-                },
-            ],
-        );
+        st.set_nodelist(Some("c".into()), vec![("n1".into(), 1), ("n2".into(), 2)]);
+        st.set_online(vec![1, 3]);
+        st.set_ips([("n1".to_string(), "10.0.0.1".to_string())].into());
         let v: serde_json::Value = serde_json::from_str(&st.members_json()).unwrap();
         assert_eq!(v["cluster"]["quorate"], 1);
         assert_eq!(v["nodelist"]["n2"]["online"], 0);
         assert_eq!(v["nodelist"]["n1"]["ip"], "10.0.0.1");
+        assert!(v["nodelist"]["n2"].get("ip").is_none());
+        assert_eq!(
+            v["nodelist"]["node3"]["online"], 1,
+            "online, not in the node list"
+        );
+        assert_eq!(v["version"], 3);
     }
 }

@@ -5,11 +5,14 @@
 use memdb::MemDb;
 
 use super::kernel::FuseIno;
-use super::kvstore::KvStore;
 use super::status::{json_str, Status};
+use pve_status::store::StatusStore;
 
 /// FUSE inode numbers at and above this are virtual; database inodes stay far below.
 pub const VIRT_BASE: u64 = 1 << 62;
+
+/// Entries `.clusterlog` shows, newest first (pmxcfs's).
+pub const CLUSTERLOG_ENTRIES: usize = 50;
 
 /// What a virtual entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +56,12 @@ pub fn by_ino(ino: FuseIno) -> Option<(&'static str, Virt)> {
 }
 
 /// Content of a virtual file, or the target of a virtual link.
-pub fn content(v: Virt, status: &Status, kv: &KvStore, db: &MemDb) -> String {
+pub fn content(v: Virt, status: &Status, kv: &mut StatusStore, db: &MemDb) -> String {
     match v {
         Virt::Version => status.version_json(db.vmlist_version(), &kv.versions()),
         Virt::Members => status.members_json(),
         Virt::Vmlist => vmlist_json(db),
-        Virt::Clusterlog => "{\n\"data\": [\n]\n}\n".to_string(),
+        Virt::Clusterlog => kv.log.dump_json(CLUSTERLOG_ENTRIES, None),
         Virt::Link(suffix) => format!("nodes/{}{suffix}", status.nodename),
     }
 }

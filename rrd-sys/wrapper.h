@@ -1,0 +1,2 @@
+#include <rrd.h>
+#include <rrd_client.h>
