@@ -27,7 +27,7 @@ STARTED=
 start() { # name, extra args...; sets STARTED to the daemon's pid
   local d=$WORK/$1; shift
   mkdir -p "$d"
-  PMXFS_RUN_DIR=$d/run PMXFS_LOG=warn "$BIN" --local --nodename bench --mount "$d/mnt" --ipc-name "pmxfs-bench-${d##*/}" --rrd-dir "$d/rrd" --rrdcached "" \
+  PMXFS_RUN_DIR=$d/run PMXFS_LOG=warn "$BIN" --local --foreground --pidfile "$d/pid" --restart-flag "$d/run/restart-flag" --nodename bench --mount "$d/mnt" --ipc-name "pmxfs-bench-${d##*/}" --rrd-dir "$d/rrd" --rrdcached "" \
     --db "$d/config.db" "$@" >/dev/null 2>"$d/log" &
   STARTED=$!
   PIDS+=("$STARTED")

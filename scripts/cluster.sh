@@ -68,6 +68,7 @@ write_conf() { # write_conf DIR K N
     cat >"$d/n$k/corosync.conf" <<CONF
 totem {
   version: 2
+  config_version: 1
   cluster_name: pmxfs-test
   transport: knet
   crypto_cipher: aes256
@@ -134,6 +135,8 @@ start_pmxfs() { # start_pmxfs DIR K BIN
     # shellcheck disable=SC2086 # PMXFS_ARGS is a word list on purpose
     nsenter --net="/run/netns/$GROUP_PREFIX$k" -- "$bin" --mount "$d/n$k/mnt" \
         --db "$d/n$k/config.db" --nodename "n$k" --rrd-dir "$d/n$k/rrd" --rrdcached "" \
+        --foreground --corosync-conf "$d/n$k/pve-corosync.conf" --pidfile "$d/n$k/pmxfs.run.pid" \
+        --restart-flag "$d/n$k/cfs-restart-flag" \
         ${PMXFS_ARGS:-} \
         >"$d/n$k/pmxfs.log" 2>&1 </dev/null &
     echo $! >"$d/n$k/pmxfs.pid"
@@ -203,6 +206,9 @@ cmd_up() {
     done
     log "corosync: $n nodes quorate after $(awk -v t="$t" 'BEGIN{printf "%.1f", t*0.2}') s"
     if [ -n "$bin" ]; then
+        # pmxfs imports this into a new database (which puts it in cluster mode) and
+        # writes the cluster's back to it; corosync keeps reading its own per-node file.
+        for ((k = 1; k <= n; k++)); do cp "$d/n1/corosync.conf" "$d/n$k/pve-corosync.conf"; done
         printf 'BIN=%q\nPMXFS_ARGS=%q\n' "$bin" "${PMXFS_ARGS:-}" >"$d/pmxfs.env"
         for ((k = 1; k <= n; k++)); do start_pmxfs "$d" "$k" "$bin"; done
         for ((k = 1; k <= n; k++)); do wait_pmxfs "$d" "$k" || die "pmxfs did not come up; run: $0 down $d"; done

@@ -12,7 +12,8 @@ args=()
 if [ "${1:-}" = "--tmp" ]; then
   shift
   d=$(mktemp -d /tmp/pmxfs-local.XXXXXX)
-  args=(--mount "$d/mnt" --db "$d/config.db" --rrd-dir "$d/rrd")
+  args=(--mount "$d/mnt" --db "$d/config.db" --rrd-dir "$d/rrd" --pidfile "$d/pmxfs.pid"
+        --restart-flag "$d/cfs-restart-flag")
   echo "pmxfs: mount $d/mnt, database $d/config.db"
 fi
-exec target/release/pmxfs --local "${args[@]}" "$@"
+exec target/release/pmxfs --local --foreground "${args[@]}" "$@"

@@ -352,7 +352,14 @@ fn virtual_files_have_pmxcfs_formats() {
     assert_eq!(vmlist["ids"]["100"]["type"], "qemu");
     let cl: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(fs.p(".clusterlog")).unwrap()).unwrap();
-    assert!(cl["data"].as_array().unwrap().is_empty());
+    // The log opens with pmxcfs's first entry.
+    let entries = cl["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{cl}");
+    assert_eq!(entries[0]["msg"], "starting cluster log");
+    assert_eq!(
+        (entries[0]["user"].as_str(), entries[0]["tag"].as_str()),
+        (Some("root"), Some("cluster"))
+    );
     assert_eq!(
         fs::read_link(fs.p("local")).unwrap().to_str(),
         Some("nodes/n1")

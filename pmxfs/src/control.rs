@@ -115,6 +115,7 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
     json!({
         "nodename": st.nodename,
         "mode": st.mode,
+        "mode_reason": st.mode_reason,
         "quorate": st.quorate(),
         "members": st.members(),
         "version": db.root_version().version,
@@ -194,6 +195,16 @@ fn parse_op(v: &Value) -> Result<Op, String> {
 pub fn request(mount: &Path, req: &Value) -> std::io::Result<Value> {
     let path = socket_path(mount);
     let mut s = UnixStream::connect(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return std::io::Error::new(
+                e.kind(),
+                format!(
+                    "asking the pmxfs serving {} needs root ({} is root's only)",
+                    mount.display(),
+                    path.display()
+                ),
+            );
+        }
         std::io::Error::new(
             e.kind(),
             format!(

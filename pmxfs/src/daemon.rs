@@ -16,8 +16,10 @@ use storage::{Deferral, LoggedStore, SyncMode};
 
 use crate::coherence::{Policy, Ttls};
 use crate::control;
+use crate::daemonize::{daemonize, Ready};
 use crate::faults::Faults;
 use crate::fs::PmxFs;
+use crate::run_files;
 use crate::transport::dev_fuse::{FuserFs, MAX_WRITE};
 use crate::transport::uring::{self, Queues};
 use crate::transport::{Negotiation, Transport};
@@ -32,8 +34,20 @@ pub struct DaemonOpts {
     pub mount: PathBuf,
     /// SQLite database.
     pub db: PathBuf,
-    /// pmxcfs `-l`.
-    pub local: bool,
+    /// pmxcfs `-l`: local mode even if the database holds corosync.conf.
+    pub force_local: bool,
+    /// pmxcfs `-f`: stay in the foreground.
+    pub foreground: bool,
+    /// In the background, log to the journal only (standard error goes to /dev/null).
+    pub journal: bool,
+    /// The host's corosync.conf: imported into a new database, written back in
+    /// cluster mode (pmxcfs: /etc/corosync/corosync.conf).
+    pub corosync_conf: PathBuf,
+    /// Where the daemon's pid is written once it serves (pmxcfs: /run/pve-cluster.pid).
+    pub pidfile: Option<PathBuf>,
+    /// Created when the daemon stops, removed once it serves; PVE's IPC client waits
+    /// while it exists (pmxcfs: /run/pve-cluster/cfs-restart-flag).
+    pub restart_flag: Option<PathBuf>,
     /// This node's name.
     pub nodename: String,
     /// Timeouts for unprotected paths.
@@ -161,8 +175,22 @@ fn ensure_base_dirs(tree: &Tree, nodename: &str) {
     }
 }
 
-/// Run the daemon until a signal or an external unmount.
+/// Run the daemon until a signal or an external unmount. Without `foreground` the
+/// process forks first and the parent returns (exits) once the daemon serves.
 pub fn run(opts: DaemonOpts) -> Result<()> {
+    let mut ready = if opts.foreground {
+        Ready::Foreground
+    } else {
+        daemonize(opts.journal)?
+    };
+    let r = serve(&opts, &mut ready);
+    if let Err(e) = &r {
+        ready.failed(&format!("{e:#}"));
+    }
+    r
+}
+
+fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
     // Every thread spawned from here on inherits a mask that blocks the stop signals,
     // so they reach only the main thread's handlers below: a signal handled on a worker
     // would interrupt its blocking call (EINTR) for nothing, and one arriving before
@@ -172,10 +200,19 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
     prepare_db_dir(&opts.db)?;
     let _instance = lock_instance(&opts.db)?;
     let mount = crate::mountpoint::prepare(&opts.mount)?;
-    let tree = open_tree(&opts, &mount)?;
+    run_files::remove_stale(&mount);
+    let (tree, created) = open_tree(opts, &mount)?;
+    let local = tree.status.mode == Mode::Local;
     let rrd = rrd_sys::RrdWriter::new(&opts.rrd_dir, Some(opts.rrdcached.clone()));
     tree.set_rrd(Box::new(crate::rrd::start(rrd, &tree)?));
-    if opts.local {
+    if !local {
+        // Before corosync starts (the unit orders itself before it): the host file
+        // must carry the cluster's configuration.
+        crate::corosync_conf::sync(&tree, &opts.corosync_conf, true);
+        let w = crate::corosync_conf::start(&tree, opts.corosync_conf.clone())?;
+        tree.set_corosync_conf(Box::new(w));
+    }
+    if local && created {
         ensure_base_dirs(&tree, &opts.nodename);
     }
     let policy = Policy {
@@ -183,16 +220,21 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
         default: opts.ttls,
     };
     let fs = Arc::new(PmxFs::new(tree.clone(), policy, www_data_gid()));
-    let mounted = mount_fs(&opts, &mount, fs)?;
-    if !opts.local {
-        join_cluster(&tree, &opts.nodename)?;
+    let mounted = mount_fs(opts, &mount, fs)?;
+    if !local {
+        join_cluster(&tree, &opts.nodename, created)?;
     }
     // Before the control socket, which is how a supervisor sees the daemon ready.
     let _ipc = crate::ipc::start(&opts.ipc_name, tree.clone(), www_data_gid())
         .with_context(|| format!("cannot serve IPC service {}", opts.ipc_name))?;
     tracing::info!(service = %opts.ipc_name, "IPC server listening");
-    let sock = serve_control(&opts, &mount, &tree)?;
+    let sock = serve_control(opts, &mount, &tree)?;
+    let pidfile = run_files::write_pidfile(opts.pidfile.as_deref())?;
+    run_files::clear_restart_flag(opts.restart_flag.as_deref());
+    ready.serving();
     let (why, failed) = wait_for_stop(stop_signals, &mounted)?;
+    // PVE's IPC client waits while the flag exists, instead of failing at once.
+    run_files::set_restart_flag(opts.restart_flag.as_deref());
     tracing::info!("{why}: unmounting {}", mount.display());
     let _ = std::fs::remove_file(&sock);
     if let Err(e) = mounted.bg.umount_and_join() {
@@ -203,6 +245,7 @@ pub fn run(opts: DaemonOpts) -> Result<()> {
             "final checkpoint failed (the intent log and the WAL are replayed at the next start): {e}"
         );
     }
+    run_files::remove_own(&mount, pidfile.as_deref());
     if failed {
         anyhow::bail!("{why}");
     }
@@ -220,28 +263,31 @@ fn prepare_db_dir(db: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Open the database, recover what the intent log holds, build the tree, and the tree
-/// service over it.
-fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<Arc<Tree>> {
+/// Open the database, recover what the intent log holds, import the host's
+/// corosync.conf into a new database, decide the mode as pmxcfs does, and build the
+/// tree service; also returns whether the database was created now.
+fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<(Arc<Tree>, bool)> {
     let (store, loaded) = LoggedStore::open(&opts.db, opts.sync, deferral(opts.sync, opts.faults))
         .with_context(|| format!("cannot open database {}", opts.db.display()))?;
+    let created = loaded.created;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
         .with_context(|| format!("refusing to start on {}", opts.db.display()))?
         .with_terms(loaded.term, loaded.promised_term);
     db.set_lock_timeout(opts.lock_timeout);
+    if created && !opts.force_local {
+        import_corosync_conf(&mut db, &opts.corosync_conf)?;
+    }
     tracing::info!(
         db = %opts.db.display(),
         version = db.root_version().version,
         entries = db.entry_count(),
-        created = loaded.created,
+        created,
         "database loaded"
     );
-    let mode = if opts.local {
-        Mode::Local
-    } else {
-        Mode::Cluster
-    };
-    let status = Arc::new(Status::new(opts.nodename.clone(), mode));
+    let has_conf = db.resolve("corosync.conf").is_ok_and(|e| !e.is_dir());
+    let (mode, why) = decide_mode(opts.force_local, has_conf);
+    tracing::info!(mode = ?mode, "{why}");
+    let status = Arc::new(Status::new(opts.nodename.clone(), mode, why));
     status.record_reload();
     let shm_path = pmxfs_client::versions::shm_path_for_mount(mount);
     let versions = match VersionShmWriter::open_or_create(&shm_path) {
@@ -251,7 +297,39 @@ fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<Arc<Tree>> {
             None
         }
     };
-    Ok(Tree::new(db, status, opts.coherence, versions))
+    Ok((Tree::new(db, status, opts.coherence, versions), created))
+}
+
+/// pmxcfs's rule: cluster mode when the database holds `corosync.conf`, local mode
+/// otherwise or when forced (`-l`); with the reason, for the log and `pmxfs status`.
+pub fn decide_mode(force_local: bool, has_conf: bool) -> (Mode, &'static str) {
+    match (force_local, has_conf) {
+        (true, true) => (
+            Mode::Local,
+            "local mode forced (-l), although corosync.conf exists",
+        ),
+        (true, false) => (Mode::Local, "local mode forced (-l)"),
+        (false, true) => (
+            Mode::Cluster,
+            "cluster mode: the database holds corosync.conf",
+        ),
+        (false, false) => (Mode::Local, "local mode: no corosync.conf in the database"),
+    }
+}
+
+/// A new database takes the host's corosync.conf, if there is one (pmxcfs does this at
+/// its first start, so that a node of an existing cluster joins it).
+fn import_corosync_conf(db: &mut MemDb, host: &Path) -> Result<()> {
+    let data = match std::fs::read(host) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", host.display())),
+    };
+    let now = crate::tree::Clock::default().now();
+    db.put("corosync.conf", &data, memdb::OpCtx { writer: 0, now })
+        .map_err(|e| anyhow::anyhow!("unable to import {}: {e}", host.display()))?;
+    tracing::info!("imported {} into the new database", host.display());
+    Ok(())
 }
 
 /// A mounted filesystem and what serves it.
@@ -274,7 +352,8 @@ fn mount_fs(opts: &DaemonOpts, mount: &Path, fs: Arc<PmxFs>) -> Result<Mounted> 
     cfg.acl = SessionACL::All;
     // In cluster mode a writer's request waits for its delivery; keep threads free for
     // readers meanwhile.
-    let threads = if opts.local {
+    let local = tree.status.mode == Mode::Local;
+    let threads = if local {
         opts.threads.max(1)
     } else {
         opts.threads.max(4)
@@ -294,7 +373,7 @@ fn mount_fs(opts: &DaemonOpts, mount: &Path, fs: Arc<PmxFs>) -> Result<Mounted> 
         // A cluster node's writers wait in their handler for the CPG round trip: they
         // run on a worker pool so that a queue keeps serving its CPU's readers.
         Some((true, _)) => {
-            let workers = (!opts.local).then_some(threads);
+            let workers = (!local).then_some(threads);
             match uring::start(ring_dev, fs, MAX_WRITE, workers, opts.faults) {
                 Ok(q) => {
                     let t = format!("io_uring, {} queues", q.count);
@@ -331,10 +410,13 @@ fn mount_fs(opts: &DaemonOpts, mount: &Path, fs: Arc<PmxFs>) -> Result<Mounted> 
 
 /// Route the kernel's writes through the cluster, and create the node's directories
 /// once the node is quorate.
-fn join_cluster(tree: &Arc<Tree>, nodename: &str) -> Result<()> {
+fn join_cluster(tree: &Arc<Tree>, nodename: &str, created: bool) -> Result<()> {
     tree.set_replicator(Box::new(crate::cluster::runner::start(tree.clone())?));
     let kv = crate::cluster::kvstore::start(tree.clone(), nodename.to_string())?;
     tree.set_broadcast(Box::new(kv));
+    if !created {
+        return Ok(());
+    }
     let (tree, name) = (tree.clone(), nodename.to_string());
     std::thread::Builder::new()
         .name("pmxfs-base-dirs".into())

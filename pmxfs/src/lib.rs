@@ -15,12 +15,15 @@
 pub mod cluster;
 pub mod coherence;
 pub mod control;
+pub mod corosync_conf;
 pub mod daemon;
+pub mod daemonize;
 pub mod faults;
 pub mod fs;
 pub mod ipc;
 pub mod mountpoint;
 pub mod rrd;
+pub mod run_files;
 pub mod transport;
 pub mod tree;
 

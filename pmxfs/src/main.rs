@@ -82,9 +82,29 @@ struct DaemonArgs {
     /// SQLite database (pmxcfs's config.db schema).
     #[arg(long, default_value = "/var/lib/pve-cluster/config.db")]
     db: PathBuf,
-    /// Local mode: no corosync, always writable (pmxcfs -l).
+    /// Force local mode: no corosync, always writable, even if the database holds
+    /// corosync.conf (pmxcfs -l). Without it the database decides, as in pmxcfs:
+    /// cluster mode when it holds corosync.conf.
     #[arg(long, short = 'l')]
     local: bool,
+    /// Stay in the foreground and log to standard error (pmxcfs -f). Without it pmxfs
+    /// forks and returns once /etc/pve is mounted and the IPC server answers.
+    #[arg(long, short = 'f')]
+    foreground: bool,
+    /// Debug messages (pmxcfs -d); PMXFS_LOG overrides (e.g. "pmxfs=debug").
+    #[arg(long, short = 'd')]
+    debug: bool,
+    /// The host's corosync.conf: imported into a new database, and written back from
+    /// the cluster's in cluster mode.
+    #[arg(long, default_value = "/etc/corosync/corosync.conf")]
+    corosync_conf: PathBuf,
+    /// Pid file, written once the daemon serves ("" for none).
+    #[arg(long, default_value = "/run/pve-cluster.pid")]
+    pidfile: PathBuf,
+    /// Restart flag: created when the daemon stops and removed once it serves; PVE's
+    /// IPC client waits while it exists ("" for none).
+    #[arg(long, default_value = "/run/pve-cluster/cfs-restart-flag")]
+    restart_flag: PathBuf,
     /// Node name (default: the host name up to the first dot).
     #[arg(long)]
     nodename: Option<String>,
@@ -140,15 +160,41 @@ fn secs(s: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(s).context("timeouts must be non-negative seconds")
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PMXFS_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+/// Where the logs go: the journal for a daemon in the background when journald runs,
+/// else standard error (without colours or timestamps when the journal captures it, as
+/// under systemd). Returns whether the journal took them.
+fn init_logging(cli: &Cli) -> bool {
+    use tracing_subscriber::prelude::*;
+    let level = if cli.daemon.debug { "debug" } else { "info" };
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("PMXFS_LOG").unwrap_or_else(|_| level.into())
+    };
+    let background = cli.cmd.is_none() && !cli.daemon.foreground;
+    if background {
+        if let Ok(j) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(j.with_syslog_identifier("pmxfs".into()))
+                .with(filter())
+                .init();
+            return true;
+        }
+    }
+    let to_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(!to_journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if to_journal {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
+    false
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let journal = init_logging(&cli);
     let r = match cli.cmd {
         Some(Cmd::Status { mount, json }) => status(&mount, json).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Lock {
@@ -157,7 +203,7 @@ fn main() -> ExitCode {
             mount,
             command,
         }) => lock(&mount, &name, timeout, &command),
-        None => run_daemon(cli.daemon).map(|()| ExitCode::SUCCESS),
+        None => run_daemon(cli.daemon, journal).map(|()| ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| {
         eprintln!("pmxfs: {e:#}");
@@ -165,11 +211,21 @@ fn main() -> ExitCode {
     })
 }
 
-fn run_daemon(a: DaemonArgs) -> Result<()> {
+/// An optional path: "" means none.
+fn optional(p: PathBuf) -> Option<PathBuf> {
+    (!p.as_os_str().is_empty()).then_some(p)
+}
+
+fn run_daemon(a: DaemonArgs, journal: bool) -> Result<()> {
     let opts = DaemonOpts {
         mount: a.mount,
         db: a.db,
-        local: a.local,
+        force_local: a.local,
+        foreground: a.foreground,
+        journal,
+        corosync_conf: a.corosync_conf,
+        pidfile: optional(a.pidfile),
+        restart_flag: optional(a.restart_flag),
         nodename: a.nodename.unwrap_or_else(daemon::default_nodename),
         ttls: Ttls {
             entry: secs(a.entry_timeout)?,
@@ -227,7 +283,11 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
         })
         .unwrap_or_default();
     println!("node:      {}", v["nodename"].as_str().unwrap_or("?"));
-    println!("mode:      {}", v["mode"].as_str().unwrap_or("?"));
+    println!(
+        "mode:      {} ({})",
+        v["mode"].as_str().unwrap_or("?"),
+        v["mode_reason"].as_str().unwrap_or("?")
+    );
     println!(
         "quorate:   {}",
         if v["quorate"] == true { "yes" } else { "no" }

@@ -45,11 +45,32 @@ pub struct Pmxfs {
     pub ipc: String,
     child: Option<Child>,
     args: Vec<String>,
+    /// Whether the command line forces local mode (`--local`); else the database
+    /// decides, as in pmxcfs.
+    pub local: bool,
+    /// Whether the command line keeps the daemon in the foreground (`--foreground`).
+    pub foreground: bool,
 }
 
 impl Pmxfs {
-    /// Start with extra arguments (always `--local --debug-hooks`).
+    /// Start with extra arguments (always `--local --foreground --debug-hooks`).
     pub fn start(extra: &[&str]) -> Pmxfs {
+        let mut p = Pmxfs::unstarted(extra);
+        p.spawn_and_wait();
+        p
+    }
+
+    /// Start without `--local`: the database decides the mode.
+    pub fn start_decided(extra: &[&str]) -> Pmxfs {
+        let mut p = Pmxfs::unstarted(extra);
+        p.local = false;
+        p.spawn_and_wait();
+        p
+    }
+
+    /// An instance on a new directory, not started: for tests that run its command
+    /// line themselves.
+    pub fn unstarted(extra: &[&str]) -> Pmxfs {
         let dir = tempfile::Builder::new()
             .prefix("pmxfs-test-")
             .tempdir()
@@ -61,7 +82,7 @@ impl Pmxfs {
             "pmxfs-{}",
             dir.path().file_name().unwrap_or_default().to_string_lossy()
         );
-        let mut p = Pmxfs {
+        Pmxfs {
             dir,
             mnt,
             db,
@@ -69,9 +90,9 @@ impl Pmxfs {
             ipc,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        p.spawn_and_wait();
-        p
+            local: true,
+            foreground: true,
+        }
     }
 
     /// The command line this instance runs with.
@@ -82,8 +103,13 @@ impl Pmxfs {
     /// This instance's command line with another database and mount point.
     pub fn command_for(&self, db: &Path, mnt: &Path) -> Command {
         let mut c = Command::new(bin("pmxfs"));
-        c.arg("--local")
-            .arg("--debug-hooks")
+        if self.local {
+            c.arg("--local");
+        }
+        if self.foreground {
+            c.arg("--foreground");
+        }
+        c.arg("--debug-hooks")
             .arg("--nodename")
             .arg("n1")
             .arg("--mount")
@@ -95,6 +121,12 @@ impl Pmxfs {
             .arg("--rrd-dir")
             .arg(self.dir.path().join("rrd"))
             .args(["--rrdcached", ""])
+            .arg("--pidfile")
+            .arg(self.dir.path().join("pmxfs.pid"))
+            .arg("--restart-flag")
+            .arg(self.run.join("cfs-restart-flag"))
+            .arg("--corosync-conf")
+            .arg(self.dir.path().join("corosync.conf"))
             .args(&self.args)
             .env("PMXFS_RUN_DIR", &self.run)
             .env("PMXFS_LOG", "warn");

@@ -102,6 +102,11 @@ unsafe extern "C" fn dispatch_mod(
 }
 
 unsafe extern "C" fn dispatch_del(fd: i32) -> i32 {
+    // libqb deletes -1 when tearing down a service whose socket never opened (the
+    // name was taken).
+    if fd < 0 {
+        return 0;
+    }
     with_loop(|l| {
         l.watches.remove(&fd);
         // SAFETY: as in dispatch_add; the descriptor may already be closed, which only

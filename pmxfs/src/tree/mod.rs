@@ -63,6 +63,12 @@ pub trait RrdSink: Send + Sync {
     fn update(&self, key: &str, data: &str);
 }
 
+/// Keeps the host's corosync.conf in line with the tree's (cluster mode). Never blocks.
+pub trait ConfSink: Send + Sync {
+    /// The tree's `corosync.conf` may have changed; `local` if through this node.
+    fn changed(&self, local: bool);
+}
+
 /// Where a published change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -91,6 +97,7 @@ pub struct Tree {
     pub kv: Mutex<StatusStore>,
     broadcast: OnceLock<Box<dyn StatusBroadcast>>,
     rrd: OnceLock<Box<dyn RrdSink>>,
+    corosync_conf: OnceLock<Box<dyn ConfSink>>,
     /// What the kernel holds.
     pub refs: KernelRefs,
     /// The IPC clients connected now.
@@ -126,6 +133,7 @@ impl Tree {
             )),
             broadcast: OnceLock::new(),
             rrd: OnceLock::new(),
+            corosync_conf: OnceLock::new(),
             status,
             refs: KernelRefs::default(),
             ipc_clients: clients::Clients::default(),
@@ -209,6 +217,11 @@ impl Tree {
     /// publish its counters, invalidations and versions.
     pub fn delivered(&self, applied: &Applied, origin: Origin) {
         Metrics::bump(&self.metrics.ops_applied);
+        if applied.paths.iter().any(|p| p == "corosync.conf") {
+            if let Some(c) = self.corosync_conf.get() {
+                c.changed(origin == Origin::Kernel);
+            }
+        }
         if !applied.removed.is_empty() {
             self.refs.bury(&applied.removed);
         }
@@ -256,6 +269,9 @@ impl Tree {
     /// The tree was replaced by a cluster leader's: everything may have changed, so
     /// make the kernel drop everything it cached, then bump every counter.
     pub fn synced(&self) {
+        if let Some(c) = self.corosync_conf.get() {
+            c.changed(false);
+        }
         match self.invalidator() {
             Some(inv) => {
                 for f in self.refs.known() {
@@ -337,6 +353,13 @@ impl Tree {
     pub fn set_broadcast(&self, b: Box<dyn StatusBroadcast>) {
         if self.broadcast.set(b).is_err() {
             panic!("status broadcast attached twice");
+        }
+    }
+
+    /// Attach the corosync.conf writer (cluster mode); at most once.
+    pub fn set_corosync_conf(&self, c: Box<dyn ConfSink>) {
+        if self.corosync_conf.set(c).is_err() {
+            panic!("corosync.conf writer attached twice");
         }
     }
 

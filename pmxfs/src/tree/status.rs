@@ -57,6 +57,8 @@ pub struct Status {
     pub nodename: String,
     /// Operation mode.
     pub mode: Mode,
+    /// Why this mode (pmxcfs decides it from the database).
+    pub mode_reason: &'static str,
     /// Daemon start time (seconds); Perl drops its caches when it changes.
     pub start_time: u64,
     quorate: AtomicBool,
@@ -68,7 +70,7 @@ pub struct Status {
 
 impl Status {
     /// Status for a node starting now.
-    pub fn new(nodename: String, mode: Mode) -> Status {
+    pub fn new(nodename: String, mode: Mode, mode_reason: &'static str) -> Status {
         let start_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -76,6 +78,7 @@ impl Status {
         Status {
             nodename,
             mode,
+            mode_reason,
             start_time,
             quorate: AtomicBool::new(mode == Mode::Local),
             clinfo_version: AtomicU32::new(0),
@@ -263,7 +266,7 @@ mod tests {
 
     #[test]
     fn version_counts_observed_paths() {
-        let st = Status::new("n1".into(), Mode::Local);
+        let st = Status::new("n1".into(), Mode::Local, "test");
         st.record_change("storage.cfg");
         st.record_change("not-observed");
         st.record_reload();
@@ -284,7 +287,7 @@ mod tests {
 
     #[test]
     fn members_local_and_cluster() {
-        let st = Status::new("n1".into(), Mode::Local);
+        let st = Status::new("n1".into(), Mode::Local, "test");
         assert_eq!(
             st.members_json(),
             "{\n\"nodename\": \"n1\",\n\"version\": 0\n}\n"

@@ -178,7 +178,7 @@ mod wire_tests {
     impl Wire {
         fn new() -> Wire {
             let db = MemDb::empty(Box::new(NullStore), Limits::default());
-            let status = Arc::new(Status::new("n1".into(), Mode::Local));
+            let status = Arc::new(Status::new("n1".into(), Mode::Local, "test"));
             let ttl = Duration::from_secs(1);
             let policy = Policy {
                 enabled: false,

@@ -1,0 +1,264 @@
+//! pmxfs in pmxcfs's place as a service: it goes into the background and returns only
+//! once it serves, decides its mode from its database, imports and writes back the
+//! host's corosync.conf, keeps pmxcfs's pid file and restart flag, cleans up its run
+//! files, adds nothing to a database it opens, and tells a non-root user it needs root.
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pmxfs_e2e::ipc::IpcClient;
+use pmxfs_e2e::{is_mounted, wait_until, Pmxfs};
+
+/// Kills the daemon named by a pid file at the end of a test, however it ends.
+struct PidGuard(std::path::PathBuf);
+
+impl PidGuard {
+    fn pid(&self) -> Option<i32> {
+        fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Run `p`'s command line (which forks) with its output in `p`'s log; the parent's exit.
+fn background(p: &Pmxfs) -> std::process::ExitStatus {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p.dir.path().join("pmxfs.log"))
+        .unwrap();
+    p.command()
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .status()
+        .expect("run pmxfs")
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn status(p: &Pmxfs) -> serde_json::Value {
+    p.status()
+}
+
+#[test]
+fn forks_returns_once_serving_and_keeps_pmxcfs_run_files() {
+    let mut p = Pmxfs::unstarted(&[]);
+    p.foreground = false;
+    let pidfile = p.dir.path().join("pmxfs.pid");
+    let flag = p.run.join("cfs-restart-flag");
+    let guard = PidGuard(pidfile.clone());
+    // The daemon keeps standard error (no journald here): send it to the log file, not
+    // a pipe this test would wait on.
+    let out = background(&p);
+    assert!(out.success(), "{out:?}\n{}", p.log());
+    // Returned: the mount and the IPC server already serve, no waiting.
+    assert!(is_mounted(&p.mnt), "not mounted when the command returned");
+    assert!(fs::read_to_string(p.p(".version"))
+        .unwrap()
+        .contains("starttime"));
+    let c = IpcClient::connect(&p.ipc).expect("IPC answers when the command returned");
+    assert_eq!(c.call(1, &[]).0, 0);
+    drop(c);
+    let pid = guard.pid().expect("pid file written");
+    assert!(alive(pid), "the daemon named by the pid file runs");
+    assert_eq!(status(&p)["mode"], "local");
+    let versions: Vec<_> = fs::read_dir(&p.run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "versions"))
+        .collect();
+    assert_eq!(versions.len(), 1, "this mount's version file");
+    assert!(!flag.exists(), "no restart flag while serving");
+
+    // SIGTERM: a clean stop leaves the restart flag and removes the rest.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let gone = wait_until(Duration::from_secs(10), || !alive(pid));
+    assert!(gone.is_some(), "the daemon did not stop on SIGTERM");
+    assert!(!is_mounted(&p.mnt));
+    assert!(flag.exists(), "restart flag created on exit");
+    assert_eq!(
+        fs::metadata(&flag).unwrap().permissions().mode() & 0o777,
+        0o440
+    );
+    assert!(!pidfile.exists(), "pid file removed on exit");
+    let left: Vec<String> = fs::read_dir(&p.run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "cfs-restart-flag")
+        .collect();
+    assert!(left.is_empty(), "run files left behind: {left:?}");
+
+    // Started again, it serves and removes the flag.
+    let out = background(&p);
+    assert!(out.success(), "{out:?}\n{}", p.log());
+    assert!(!flag.exists(), "restart flag removed once serving");
+    drop(guard);
+    let again = PidGuard(pidfile);
+    let pid = again.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)).is_some());
+}
+
+#[test]
+fn a_daemon_that_cannot_start_makes_the_command_fail_with_its_reason() {
+    let a = Pmxfs::start(&[]);
+    let mut b = Pmxfs::unstarted(&[]);
+    b.foreground = false;
+    // The same database as the running one: the single-instance lock refuses it.
+    let out = b.command_for(&a.db, &b.mnt).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another pmxfs is already running"), "{err}");
+}
+
+#[test]
+fn the_database_decides_the_mode_as_in_pmxcfs() {
+    // Forced local: as pmxcfs -l.
+    let forced = Pmxfs::start(&[]);
+    let st = status(&forced);
+    assert_eq!(st["mode"], "local");
+    assert!(
+        st["mode_reason"].as_str().unwrap().contains("forced"),
+        "{st}"
+    );
+    drop(forced);
+
+    // No corosync.conf anywhere: local mode.
+    let plain = Pmxfs::start_decided(&[]);
+    let st = status(&plain);
+    assert_eq!(st["mode"], "local", "{st}");
+    assert!(st["mode_reason"]
+        .as_str()
+        .unwrap()
+        .contains("no corosync.conf"));
+    drop(plain);
+
+    // A new database imports the host's corosync.conf and so runs in cluster mode
+    // (read-only here: there is no corosync, so no quorum).
+    let mut p = Pmxfs::unstarted(&[]);
+    let host = p.dir.path().join("corosync.conf");
+    let conf = "totem {\n  cluster_name: t\n  config_version: 3\n}\n";
+    fs::write(&host, conf).unwrap();
+    p.local = false;
+    let mut p = restarted(p);
+    let st = status(&p);
+    assert_eq!(st["mode"], "cluster", "{st}");
+    assert!(st["mode_reason"]
+        .as_str()
+        .unwrap()
+        .contains("holds corosync.conf"));
+    assert_eq!(fs::read_to_string(p.p("corosync.conf")).unwrap(), conf);
+    let e = fs::write(p.p("x"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "no quorum, no writes");
+    // Forced local although the database holds corosync.conf.
+    p.stop();
+    p.local = true;
+    p.restart();
+    let st = status(&p);
+    assert_eq!(st["mode"], "local");
+    assert!(st["mode_reason"].as_str().unwrap().contains("although"));
+}
+
+/// Start `p` (its fields as set) and wait until it serves.
+fn restarted(mut p: Pmxfs) -> Pmxfs {
+    p.restart();
+    p
+}
+
+#[test]
+fn corosync_conf_is_written_back_unless_the_host_has_a_newer_one() {
+    // `pvecm create`: in local mode, write corosync.conf.new and rename it.
+    let mut p = Pmxfs::start(&[]);
+    let host = p.dir.path().join("corosync.conf");
+    fs::write(&host, "totem {\n  config_version: 3\n}\n").unwrap();
+    let v5 = "totem {\n  cluster_name: c\n  config_version: 5\n}\n";
+    fs::write(p.p("corosync.conf.new"), v5).unwrap();
+    fs::rename(p.p("corosync.conf.new"), p.p("corosync.conf")).unwrap();
+    assert!(
+        fs::read_to_string(&host).unwrap().contains("version: 3"),
+        "local mode does not write the host file"
+    );
+    // Restarted without -l: cluster mode, and the host file is the cluster's.
+    p.stop();
+    p.local = false;
+    p.restart();
+    assert_eq!(status(&p)["mode"], "cluster");
+    assert_eq!(fs::read_to_string(&host).unwrap(), v5);
+    assert_eq!(
+        fs::metadata(&host).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // A host file with a higher version is kept.
+    p.stop();
+    let v9 = "totem {\n  config_version: 9\n}\n";
+    fs::write(&host, v9).unwrap();
+    p.restart();
+    assert_eq!(
+        fs::read_to_string(&host).unwrap(),
+        v9,
+        "the host's newer file stays"
+    );
+    assert!(p.log().contains("is newer"), "{}", p.log());
+}
+
+#[test]
+fn stale_run_files_go_and_an_opened_database_gains_nothing() {
+    let mut p = Pmxfs::unstarted(&[]);
+    fs::create_dir_all(&p.run).unwrap();
+    // A dead daemon's socket (nobody listens) and version file.
+    let dead = p.run.join("tmp-gone.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    fs::write(p.run.join("tmp-gone.versions"), [0u8; 64]).unwrap();
+    p = restarted(p);
+    assert!(!dead.exists(), "stale socket removed");
+    assert!(
+        !p.run.join("tmp-gone.versions").exists(),
+        "stale version file removed"
+    );
+    // A database this daemon did not create gets no directories added: pmxcfs never
+    // creates `nodes/<node>/openvz` (or any other).
+    fs::remove_dir(p.p("nodes/n1/openvz")).unwrap();
+    let before = status(&p)["inodes"].as_u64().unwrap();
+    p.stop();
+    p.restart();
+    assert!(!p.p("nodes/n1/openvz").exists());
+    assert_eq!(status(&p)["inodes"].as_u64().unwrap(), before);
+}
+
+#[test]
+fn status_as_non_root_says_it_needs_root() {
+    let p = Pmxfs::start(&[]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(pmxfs_e2e::bin("pmxfs"))
+        .args(["status", "--mount"])
+        .arg(&p.mnt)
+        .env("PMXFS_RUN_DIR", &p.run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+}
