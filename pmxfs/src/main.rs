@@ -36,6 +36,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the manual page (troff) to standard output.
+    #[command(hide = true)]
+    Man,
     /// Run a command while holding cluster lock NAME (`priv/lock/NAME`).
     Lock {
         /// Lock name.
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
     let journal = init_logging(&cli);
     let r = match cli.cmd {
         Some(Cmd::Status { mount, json }) => status(&mount, json).map(|()| ExitCode::SUCCESS),
+        Some(Cmd::Man) => man().map(|()| ExitCode::SUCCESS),
         Some(Cmd::Lock {
             name,
             timeout,
@@ -209,6 +213,21 @@ fn main() -> ExitCode {
         eprintln!("pmxfs: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// The manual page: clap's rendering of the options and commands, then the sections
+/// only prose can hold (modes, lifecycle, use on a Proxmox VE node, files).
+fn man() -> Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let page = clap_mangen::Man::new(cmd)
+        .section("8")
+        .manual("System Administration");
+    let mut out = Vec::new();
+    page.render(&mut out)?;
+    out.extend_from_slice(include_bytes!("manpage.txt"));
+    std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    Ok(())
 }
 
 /// An optional path: "" means none.
