@@ -262,3 +262,129 @@ fn status_as_non_root_says_it_needs_root() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs root"), "{err}");
 }
+
+/// Run `sqlite3 db sql`.
+fn sqlite(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
+}
+
+/// `pmxfs db ARGS --db db`: (exit code, stdout + stderr).
+fn db_tool(db: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(pmxfs_e2e::bin("pmxfs"))
+        .arg("db")
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+fn sha(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Databases damaged in each way pmxcfs refuses (a duplicate name, a missing parent
+/// directory), and in the others pmxfs's loader refuses (a file as parent, an unknown
+/// type, a cycle): the daemon refuses and leaves the file alone; `db check` names every
+/// problem; `db repair` writes a copy that starts, with every consistent entry; `db
+/// set-aside` has the next start begin anew, and is refused while a daemon runs.
+#[test]
+fn a_damaged_database_is_checked_repaired_or_set_aside() {
+    let mut p = Pmxfs::start(&[]);
+    fs::write(p.p("storage.cfg"), "dir: local\n").unwrap();
+    fs::write(p.p("nodes/n1/qemu-server/100.conf"), "cores: 2\n").unwrap();
+    fs::create_dir(p.p("keep")).unwrap();
+    fs::write(p.p("keep/a.cfg"), "a\n").unwrap();
+    p.stop();
+    let db = p.db.clone();
+    sqlite(
+        &db,
+        "INSERT INTO tree VALUES (9001, 0, 1, 0, 0, 8, 'storage.cfg', X'6f6c640a');\
+         INSERT INTO tree VALUES (9002, 8888, 2, 0, 0, 4, 'orphan', NULL);\
+         INSERT INTO tree VALUES (9003, 9002, 3, 0, 0, 8, 'in-orphan', NULL);\
+         INSERT INTO tree VALUES (9004, 9001, 4, 0, 0, 8, 'in-a-file', NULL);\
+         INSERT INTO tree VALUES (9005, 9006, 5, 0, 0, 4, 'p', NULL);\
+         INSERT INTO tree VALUES (9006, 9005, 6, 0, 0, 4, 'q', NULL);\
+         INSERT INTO tree VALUES (9007, 0, 7, 0, 0, 9, 'odd-type', NULL);",
+    );
+    let before = sha(&db);
+    // The daemon refuses, says how out, and changes nothing.
+    let st = p.command().output().unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("unknown type"), "{err}");
+    assert!(err.contains("pmxfs db check"), "{err}");
+    assert_eq!(sha(&db), before, "a refused database is left as it was");
+    // Check: every problem at once.
+    let (code, text) = db_tool(&db, &["check"]);
+    assert_eq!(code, Some(1), "{text}");
+    for want in [
+        "inode 9001 'storage.cfg' in directory 0: found entry with duplicate name",
+        "inode 9002 'orphan' in directory 8888: missing directory inode 8888",
+        "inode 9003 'in-orphan' in directory 9002: inside dropped inode 9002",
+        "inode 9004 'in-a-file' in directory 9001: parent 9001 is not a directory",
+        "inode 9005 'p' in directory 9006: not reachable from the root",
+        "inode 9007 '' in directory 0: unreadable row: 'odd-type': unknown type 9",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(sha(&db), before, "check changes nothing");
+    // Repair: a copy beside it, the original untouched.
+    let (code, text) = db_tool(&db, &["repair"]);
+    assert_eq!(code, Some(0), "{text}");
+    let repaired = db.with_file_name("config.db.repaired");
+    assert!(text.contains("left out 7"), "{text}");
+    assert_eq!(sha(&db), before, "repair does not change the original");
+    assert_eq!(
+        db_tool(&repaired, &["check"]).0,
+        Some(0),
+        "the copy is clean"
+    );
+    assert_eq!(
+        db_tool(&repaired, &["repair"]).1.trim_end(),
+        format!("{}: nothing to repair", repaired.display())
+    );
+    // The copy starts, with every consistent entry (the newer storage.cfg).
+    fs::rename(&db, db.with_file_name("config.db.broken")).unwrap();
+    fs::rename(&repaired, &db).unwrap();
+    p.restart();
+    assert_eq!(
+        fs::read_to_string(p.p("storage.cfg")).unwrap(),
+        "dir: local\n"
+    );
+    assert_eq!(fs::read_to_string(p.p("keep/a.cfg")).unwrap(), "a\n");
+    assert_eq!(
+        fs::read_to_string(p.p("nodes/n1/qemu-server/100.conf")).unwrap(),
+        "cores: 2\n"
+    );
+    assert!(!p.p("orphan").exists());
+    // Set aside: refused while the daemon runs; afterwards the next start is new.
+    let (code, text) = db_tool(&db, &["set-aside"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("stop pmxfs first"), "{text}");
+    p.stop();
+    let (code, text) = db_tool(&db, &["set-aside"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!db.exists());
+    let aside: Vec<_> = fs::read_dir(p.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("set-aside-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert!(aside[0].path().join("config.db").exists());
+    p.restart();
+    assert!(!p.p("storage.cfg").exists(), "a new database");
+}

@@ -14,6 +14,7 @@ pub mod index;
 pub mod locks;
 pub mod op;
 pub mod paths;
+pub mod repair;
 pub mod replica;
 pub mod row_codec;
 pub mod store;

@@ -119,7 +119,7 @@ fn deferral(sync: SyncMode, faults: Faults) -> Deferral {
 }
 
 /// Take the single-instance lock next to the database; held until the process exits.
-fn lock_instance(db: &Path) -> Result<std::fs::File> {
+pub fn lock_instance(db: &Path) -> Result<std::fs::File> {
     let lock_path = PathBuf::from(format!("{}.lock", db.display()));
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -263,15 +263,19 @@ fn prepare_db_dir(db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a refused database's message points to.
+const WAYS_OUT: &str = "(`pmxfs db check` lists every problem, `pmxfs db repair` writes a \
+                        repaired copy, `pmxfs db set-aside` starts anew from the cluster)";
+
 /// Open the database, recover what the intent log holds, import the host's
 /// corosync.conf into a new database, decide the mode as pmxcfs does, and build the
 /// tree service; also returns whether the database was created now.
 fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<(Arc<Tree>, bool)> {
     let (store, loaded) = LoggedStore::open(&opts.db, opts.sync, deferral(opts.sync, opts.faults))
-        .with_context(|| format!("cannot open database {}", opts.db.display()))?;
+        .with_context(|| format!("cannot open database {} {WAYS_OUT}", opts.db.display()))?;
     let created = loaded.created;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
-        .with_context(|| format!("refusing to start on {}", opts.db.display()))?
+        .with_context(|| format!("refusing to start on {} {WAYS_OUT}", opts.db.display()))?
         .with_terms(loaded.term, loaded.promised_term);
     db.set_lock_timeout(opts.lock_timeout);
     if created && !opts.force_local {

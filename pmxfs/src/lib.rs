@@ -18,6 +18,7 @@ pub mod control;
 pub mod corosync_conf;
 pub mod daemon;
 pub mod daemonize;
+pub mod db_tools;
 pub mod faults;
 pub mod fs;
 pub mod ipc;

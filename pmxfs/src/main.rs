@@ -36,6 +36,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check, repair or set aside the database (pmxfs must not run on it to set it
+    /// aside).
+    Db {
+        #[command(subcommand)]
+        what: DbCmd,
+        /// The database.
+        #[arg(long, default_value = "/var/lib/pve-cluster/config.db", global = true)]
+        db: PathBuf,
+    },
     /// Print the manual page (troff) to standard output.
     #[command(hide = true)]
     Man,
@@ -53,6 +62,23 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Say whether the tree is consistent, and if not, every entry that cannot stay
+    /// and why (exit status 1).
+    Check,
+    /// Write a copy with every consistent entry beside the database (or to --output),
+    /// listing what it leaves out; the database itself is not changed.
+    Repair {
+        /// Where to write the copy (default: <db>.repaired).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Move the database aside (into set-aside-<time>/ beside it): the next start
+    /// begins anew, imports the host's corosync.conf and takes the cluster's tree.
+    SetAside,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,6 +227,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Some(Cmd::Status { mount, json }) => status(&mount, json).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Man) => man().map(|()| ExitCode::SUCCESS),
+        Some(Cmd::Db { what, db }) => db_cmd(what, &db),
         Some(Cmd::Lock {
             name,
             timeout,
@@ -228,6 +255,35 @@ fn man() -> Result<()> {
     out.extend_from_slice(include_bytes!("manpage.txt"));
     std::io::Write::write_all(&mut std::io::stdout(), &out)?;
     Ok(())
+}
+
+fn db_cmd(what: DbCmd, db: &std::path::Path) -> Result<ExitCode> {
+    use pmxfs::db_tools;
+    match what {
+        DbCmd::Check => Ok(if db_tools::check(db)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        DbCmd::Repair { output } => {
+            db_tools::repair(db, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DbCmd::SetAside => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let dir = db_tools::set_aside(db, now)?;
+            println!(
+                "moved {} aside to {}; the next start begins with a new database (in a \
+                 cluster: the host's corosync.conf, then the cluster's tree)",
+                db.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// An optional path: "" means none.

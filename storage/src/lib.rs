@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+pub mod inspect;
 pub mod intent_log;
 pub mod logged;
 pub mod sqlite;

@@ -28,7 +28,7 @@ pub struct SqliteStore {
     ckpt: Checkpointer,
 }
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tree (
+pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tree (
   inode INTEGER PRIMARY KEY NOT NULL,
   parent INTEGER NOT NULL CHECK(typeof(parent)=='integer'),
   version INTEGER NOT NULL CHECK(typeof(version)=='integer'),
@@ -38,11 +38,11 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tree (
   name TEXT NOT NULL,
   data BLOB);";
 
-const COLUMNS: [&str; 8] = [
+pub(crate) const COLUMNS: [&str; 8] = [
     "inode", "parent", "version", "writer", "mtime", "type", "name", "data",
 ];
 
-const VERSION_NAME: &str = "__version__";
+pub(crate) const VERSION_NAME: &str = "__version__";
 
 /// What [`SqliteStore::open`] found in the file.
 pub struct Loaded {
@@ -183,7 +183,7 @@ fn write_changes(conn: &Connection, txn: &Txn) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
+pub(crate) fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
     Error::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -300,7 +300,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Err
     }))
 }
 
-fn write_root(conn: &Connection, root: RootVersion) -> rusqlite::Result<()> {
+pub(crate) fn write_root(conn: &Connection, root: RootVersion) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
          VALUES (0, 0, ?1, ?2, ?3, ?4, ?5, NULL)",
@@ -321,9 +321,9 @@ const META_SCHEMA: &str =
     "CREATE TABLE IF NOT EXISTS pmxfs_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);";
 
 /// The `pmxfs_meta` key of the last intent-log record a transaction included.
-const LOG_SEQ: &str = "log_seq";
+pub(crate) const LOG_SEQ: &str = "log_seq";
 
-fn write_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
+pub(crate) fn write_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
     conn.execute_batch(META_SCHEMA)?;
     conn.prepare_cached("REPLACE INTO pmxfs_meta (key, value) VALUES (?1, ?2)")?
         .execute(params![key, value as i64])?;
@@ -333,7 +333,7 @@ fn write_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> 
 /// Read a replication number: 0 when never stored (a pmxcfs database has no
 /// `pmxfs_meta`); a value that is there but unreadable is an error, never a silent 0,
 /// because forgetting a promise could let two configurations accept one term.
-fn read_meta(conn: &Connection, tables: &[String], key: &str) -> rusqlite::Result<u64> {
+pub(crate) fn read_meta(conn: &Connection, tables: &[String], key: &str) -> rusqlite::Result<u64> {
     if !tables.iter().any(|t| t == "pmxfs_meta") {
         return Ok(0);
     }
@@ -349,7 +349,7 @@ fn read_meta(conn: &Connection, tables: &[String], key: &str) -> rusqlite::Resul
 
 /// Write `row`; `fresh` when its inode was allocated by this transaction (pmxcfs gives
 /// a new entry the transaction's version as its inode), so no row can exist yet.
-fn write_row(conn: &Connection, row: &Row, fresh: bool) -> rusqlite::Result<()> {
+pub(crate) fn write_row(conn: &Connection, row: &Row, fresh: bool) -> rusqlite::Result<()> {
     let data: Option<&[u8]> = match row.kind {
         Kind::File if !row.data.is_empty() => Some(&row.data[..]),
         _ => None,
