@@ -9,14 +9,18 @@
 #   scripts/cluster.sh status [DIR]              show nodes, quorum, daemons, mounts
 #   scripts/cluster.sh pmxfs-kill K [DIR]        kill -9 node K's pmxfs and abort its mount
 #   scripts/cluster.sh pmxfs-start K [DIR]       start node K's pmxfs again (same binary/args)
+#   scripts/cluster.sh pmxfs-stop K [DIR]        stop node K's pmxfs (SIGTERM, clean)
+#   scripts/cluster.sh corosync-stop K [DIR]     stop node K's corosync (the node goes away)
 #
 # Env: PMXFS_CLUSTER_DIR (default DIR), PMXFS_BIN (pmxfs binary; otherwise looked up in
 # PATH and target/{release,debug}), PMXFS_ARGS (extra pmxfs arguments), TOKEN (totem
 # token ms, default 1000), QUORUM_TIMEOUT (s, default 60).
 #
 # Node K: netns pmxK, host veth vethK on bridge br-pmx (10.77.0.254/24), eth0 10.77.0.K
-# inside. corosync runs with a private /run (it keeps a pid lock there) via `unshare -m`
-# and its own state_dir. Every corosync is started before any pmxfs mounts, because a
+# inside. corosync runs in a private mount namespace (`unshare -m`) with the node's own
+# /run (it keeps a pid lock there), /var/lib/corosync and /var/log/corosync (its log is
+# DIR/nK/log/corosync.log), so that every node's corosync.conf is the same file, which
+# pmxfs keeps in line with the cluster's. Every corosync is started before any pmxfs mounts, because a
 # mount namespace created while a FUSE mount is live gets a copy of it. pmxfs runs with
 # only the network namespace entered, so its mount stays visible at DIR/nK/mnt here.
 set -euo pipefail
@@ -65,6 +69,9 @@ write_conf() { # write_conf DIR K N
   }
 "
     done
+    # The same file on every node, as on a real cluster (pmxfs writes the cluster's
+    # corosync.conf back to it): per-node state and logs are bind-mounted by
+    # start_corosync to the default paths inside corosync's own mount namespace.
     cat >"$d/n$k/corosync.conf" <<CONF
 totem {
   version: 2
@@ -85,11 +92,8 @@ logging {
   to_stderr: no
   to_syslog: no
   to_logfile: yes
-  logfile: $d/n$k/corosync.log
+  logfile: /var/log/corosync/corosync.log
   timestamp: hires
-}
-system {
-  state_dir: $d/n$k/state
 }
 CONF
 }
@@ -98,8 +102,11 @@ start_corosync() { # start_corosync DIR K
     local d=$1 k=$2
     # ip netns exec, unshare (no --fork) and sh -c 'exec' all exec in place, so $! is
     # corosync's own pid.
+    mkdir -p /var/lib/corosync /var/log/corosync
     ip netns exec "$GROUP_PREFIX$k" unshare -m sh -c \
-        "mount --bind '$d/n$k/run' /run && exec corosync -f -c '$d/n$k/corosync.conf'" \
+        "mount --bind '$d/n$k/run' /run && mount --bind '$d/n$k/state' /var/lib/corosync \
+         && mount --bind '$d/n$k/log' /var/log/corosync \
+         && exec corosync -f -c '$d/n$k/corosync.conf'" \
         >"$d/n$k/corosync.out" 2>&1 </dev/null &
     echo $! >"$d/n$k/corosync.pid"
 }
@@ -135,7 +142,7 @@ start_pmxfs() { # start_pmxfs DIR K BIN
     # shellcheck disable=SC2086 # PMXFS_ARGS is a word list on purpose
     nsenter --net="/run/netns/$GROUP_PREFIX$k" -- "$bin" --mount "$d/n$k/mnt" \
         --db "$d/n$k/config.db" --nodename "n$k" --rrd-dir "$d/n$k/rrd" --rrdcached "" \
-        --foreground --corosync-conf "$d/n$k/pve-corosync.conf" --pidfile "$d/n$k/pmxfs.run.pid" \
+        --foreground --corosync-conf "$d/n$k/corosync.conf" --pidfile "$d/n$k/pmxfs.run.pid" \
         --restart-flag "$d/n$k/cfs-restart-flag" \
         ${PMXFS_ARGS:-} \
         >"$d/n$k/pmxfs.log" 2>&1 </dev/null &
@@ -182,8 +189,8 @@ cmd_up() {
     ip addr add "$NET.254/24" dev "$BR"
     ip link set "$BR" up
     for ((k = 1; k <= n; k++)); do
-        rm -rf "$d/n$k/run" "$d/n$k/state" "$d/n$k/ready"
-        mkdir -p "$d/n$k/run" "$d/n$k/state" "$d/n$k/mnt"
+        rm -rf "$d/n$k/run" "$d/n$k/state" "$d/n$k/log" "$d/n$k/ready"
+        mkdir -p "$d/n$k/run" "$d/n$k/state" "$d/n$k/log" "$d/n$k/mnt"
         ip netns add "$GROUP_PREFIX$k"
         ip link add "veth$k" type veth peer name eth0 netns "$GROUP_PREFIX$k"
         ip link set "veth$k" master "$BR" up
@@ -199,16 +206,13 @@ cmd_up() {
         for ((k = 1; k <= n; k++)); do quorate_with "$k" "$n" && ok=$((ok + 1)); done
         [ "$ok" -eq "$n" ] && break
         if [ "$t" -ge "$limit" ]; then
-            for ((k = 1; k <= n; k++)); do log "n$k: $(tail -n 3 "$d/n$k/corosync.log" 2>/dev/null | tr '\n' ' ')"; done
+            for ((k = 1; k <= n; k++)); do log "n$k: $(tail -n 3 "$d/n$k/log/corosync.log" 2>/dev/null | tr '\n' ' ')"; done
             die "timeout waiting for quorum ($ok/$n quorate); run: $0 down $d"
         fi
         sleep 0.2
     done
     log "corosync: $n nodes quorate after $(awk -v t="$t" 'BEGIN{printf "%.1f", t*0.2}') s"
     if [ -n "$bin" ]; then
-        # pmxfs imports this into a new database (which puts it in cluster mode) and
-        # writes the cluster's back to it; corosync keeps reading its own per-node file.
-        for ((k = 1; k <= n; k++)); do cp "$d/n1/corosync.conf" "$d/n$k/pve-corosync.conf"; done
         printf 'BIN=%q\nPMXFS_ARGS=%q\n' "$bin" "${PMXFS_ARGS:-}" >"$d/pmxfs.env"
         for ((k = 1; k <= n; k++)); do start_pmxfs "$d" "$k" "$bin"; done
         for ((k = 1; k <= n; k++)); do wait_pmxfs "$d" "$k" || die "pmxfs did not come up; run: $0 down $d"; done
@@ -350,12 +354,36 @@ cmd_pmxfs_kill() {
     rm -f "$d/n$k/pmxfs.pid" "$d/n$k/ready"
 }
 
+cmd_pmxfs_stop() {
+    local k=${1:?usage: pmxfs-stop K [DIR]} d=${2:-$DEFAULT_DIR} pid
+    need_root
+    pid=$(cat "$d/n$k/pmxfs.pid" 2>/dev/null) || die "no pmxfs pid for n$k"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && die "pmxfs on n$k did not stop on SIGTERM within 10 s"
+    rm -f "$d/n$k/pmxfs.pid" "$d/n$k/ready"
+}
+
+cmd_corosync_stop() {
+    local k=${1:?usage: corosync-stop K [DIR]} d=${2:-$DEFAULT_DIR} pid
+    need_root
+    pid=$(cat "$d/n$k/corosync.pid" 2>/dev/null) || die "no corosync pid for n$k"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 cmd_pmxfs_start() {
     local k=${1:?usage: pmxfs-start K [DIR]} d=${2:-$DEFAULT_DIR} BIN PMXFS_ARGS
     need_root
-    [ -f "$d/pmxfs.env" ] || die "no pmxfs recorded in $d"
-    # shellcheck disable=SC1091
-    . "$d/pmxfs.env"
+    if [ -f "$d/pmxfs.env" ]; then
+        # shellcheck disable=SC1091
+        . "$d/pmxfs.env"
+    else # brought up with --no-pmxfs
+        BIN=$(find_pmxfs) || die "no pmxfs binary found (set PMXFS_BIN)"
+        PMXFS_ARGS=${PMXFS_ARGS:-}
+        printf 'BIN=%q\nPMXFS_ARGS=%q\n' "$BIN" "$PMXFS_ARGS" >"$d/pmxfs.env"
+    fi
     mv -f "$d/n$k/pmxfs.log" "$d/n$k/pmxfs.log.prev" 2>/dev/null || true
     PMXFS_ARGS=$PMXFS_ARGS start_pmxfs "$d" "$k" "$BIN"
     wait_pmxfs "$d" "$k"
@@ -386,6 +414,8 @@ down) shift; cmd_down "$@" ;;
 cut) shift; cmd_cut "$@" ;;
 heal) shift; cmd_heal "$@" ;;
 exec) shift; cmd_exec "$@" ;;
+pmxfs-stop) shift; cmd_pmxfs_stop "$@" ;;
+corosync-stop) shift; cmd_corosync_stop "$@" ;;
 status) shift; cmd_status "$@" ;;
 pmxfs-kill) shift; cmd_pmxfs_kill "$@" ;;
 pmxfs-start) shift; cmd_pmxfs_start "$@" ;;

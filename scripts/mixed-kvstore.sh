@@ -19,7 +19,7 @@
 #   e. cut n2's link, log a message and set a key on each side, heal, wait for the
 #      resync: both logs hold the same entries in the same order, each once, and each
 #      side has the key the other set while cut; GET_STATUS answers the same for every
-#      (key, node) on both nodes
+#      (key, node) on both nodes, and GET_FS_VERSION's kvstore versions match by role
 #   g. a message with a backslash, which pmxcfs puts into the log's JSON unescaped
 #      (invalid JSON): both daemons serve the same bytes for it
 #   f. neither daemon logged a kvstore error (pmxcfs: wrong size, cant parse, leaving
@@ -100,7 +100,7 @@ cleanup() {
     mkdir -p "$MIXED_KEEP"
     cp "$FS_LOG" "$MIXED_KEEP/pmxfs-n$F.log" 2>/dev/null
     cp "$CFS_LOG" "$MIXED_KEEP/pmxcfs-n$C.log" 2>/dev/null
-    for c in 1 2; do cp "$DIR/n$c/corosync.log" "$MIXED_KEEP/corosync-n$c.log" 2>/dev/null; done
+    for c in 1 2; do cp "$DIR/n$c/log/corosync.log" "$MIXED_KEEP/corosync-n$c.log" 2>/dev/null; done
   fi
   bash "$CLUSTER" down "$DIR" >/dev/null 2>&1
   rm -rf "$DIR"
@@ -511,6 +511,20 @@ if [ "$a" = "$b" ]; then
 else
   fail "e7: GET_STATUS differs (< pmxfs, > pmxcfs):"
   diff <(printf '%s\n' "$a") <(printf '%s\n' "$b") | sed 's/^/     /' || true
+fi
+
+# GET_FS_VERSION's kvstore versions, by role: a key's version counts the UPDATEs its holder
+# took (0 for the first, +1 for each later one, resyncs included), so both daemons, which
+# saw the same history from either side, must give the same numbers.
+roles() { # roles K: {own: versions of node K's keys, peer: versions of the other's}
+  body "$1" $OP_VERSION "" | jq -S -c --arg me "n$1" --arg peer "n$((3 - $1))" \
+    '.kvstore | {own: .[$me], peer: .[$peer]}'
+}
+a=$(roles "$F") b=$(roles "$C")
+if [ "$a" = "$b" ]; then
+  pass "e8: GET_FS_VERSION's kvstore versions by role identical: $a"
+else
+  fail "e8: GET_FS_VERSION's kvstore versions by role differ: pmxfs $a | pmxcfs $b"
 fi
 
 # ------------------------------------------------------------------------- g. backslash

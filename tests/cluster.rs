@@ -488,3 +488,131 @@ fn stale_stat_probe_fails_in_legacy_mode() {
         "legacy mode never answered stale: the probe cannot detect the bug"
     );
 }
+
+/// Node `k`'s `pmxfs status --json` mode.
+fn mode(c: &Cluster, k: usize) -> String {
+    c.status(k)["mode"].as_str().unwrap_or("?").to_string()
+}
+
+/// Write `content` to `rel` in node `k`'s mount as `pvecm` does (`.new`, then rename).
+fn atomic_write_in(c: &Cluster, k: usize, rel: &str, content: &str) {
+    let p = c.mnt(k).join(rel);
+    let tmp = c.mnt(k).join(format!("{rel}.new"));
+    fs::write(&tmp, content).unwrap_or_else(|e| panic!("n{k}: write {rel}.new: {e}\n{}", c.logs()));
+    fs::rename(&tmp, &p).unwrap_or_else(|e| panic!("n{k}: rename to {rel}: {e}\n{}", c.logs()));
+}
+
+/// A cluster's life as PVE's tools drive it: `pvecm create` on n1 (corosync.conf
+/// written in local mode, a restart into cluster mode that writes the host file),
+/// `pvecm add` on n2, whose old tree is set aside and replaced by the cluster's, a new
+/// node n3 importing the host's corosync.conf, then n3 removed from the node list
+/// (config_version 2 written back on every node, corosync reloaded by n1 alone).
+#[test]
+fn create_join_and_remove_nodes() {
+    let c = Cluster::up_without_pmxfs(3);
+    let host = |k: usize| c.dir.join(format!("n{k}/corosync.conf"));
+    let cluster_conf = fs::read_to_string(host(1)).unwrap();
+    let set_host_aside =
+        |k: usize| fs::rename(host(k), c.dir.join(format!("n{k}/corosync.conf.aside"))).unwrap();
+    let restore_host =
+        |k: usize| fs::rename(c.dir.join(format!("n{k}/corosync.conf.aside")), host(k)).unwrap();
+
+    // pvecm create on n1: no cluster yet, so local mode; corosync.conf is written into
+    // /etc/pve, then pve-cluster restarts.
+    set_host_aside(1);
+    c.script("pmxfs-start", 1);
+    assert_eq!(mode(&c, 1), "local");
+    atomic_write_in(&c, 1, "corosync.conf", &cluster_conf);
+    write(&c.mnt(1).join("cluster.cfg"), "made on n1\n").unwrap();
+    assert!(!host(1).exists(), "local mode writes no host file");
+    c.script("pmxfs-stop", 1);
+    c.script("pmxfs-start", 1);
+    assert_eq!(mode(&c, 1), "cluster", "{}", c.logs());
+    assert_eq!(
+        fs::read_to_string(host(1)).unwrap(),
+        cluster_conf,
+        "written back"
+    );
+    let q = wait_until(Duration::from_secs(20), || c.status(1)["quorate"] == true);
+    assert!(q.is_some(), "n1 not quorate\n{}", c.logs());
+
+    // pvecm add on n2, which had a tree of its own: stop, set the database aside,
+    // start with the cluster's corosync.conf; the cluster's tree replaces the old one.
+    set_host_aside(2);
+    c.script("pmxfs-start", 2);
+    write(&c.mnt(2).join("old-tree.cfg"), "n2's own\n").unwrap();
+    c.script("pmxfs-stop", 2);
+    let db2 = c.dir.join("n2/config.db");
+    let out = Command::new(bin("pmxfs"))
+        .args(["db", "set-aside", "--db"])
+        .arg(&db2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    restore_host(2);
+    c.script("pmxfs-start", 2);
+    assert_eq!(mode(&c, 2), "cluster");
+    // n3: a new node with the host's corosync.conf.
+    c.script("pmxfs-start", 3);
+    for k in 2..=3 {
+        let same = wait_until(Duration::from_secs(30), || {
+            tree_digest(&c.mnt(k)) == tree_digest(&c.mnt(1))
+        });
+        assert!(
+            same.is_some(),
+            "n{k} did not take the cluster's tree\n{}",
+            c.logs()
+        );
+    }
+    assert!(
+        !c.mnt(2).join("old-tree.cfg").exists(),
+        "nothing of n2's old tree is left"
+    );
+    assert_eq!(
+        fs::read_to_string(c.mnt(3).join("cluster.cfg")).unwrap(),
+        "made on n1\n"
+    );
+
+    // pvecm delnode n3: n3 is gone; n1 drops it from corosync.conf.
+    c.script("pmxfs-stop", 3);
+    c.script("corosync-stop", 3);
+    let start = cluster_conf
+        .find("  node {\n    ring0_addr: 10.77.0.3")
+        .expect("n3's node block");
+    let end = start + cluster_conf[start..].find("  }\n").unwrap() + 4;
+    let v2 = format!("{}{}", &cluster_conf[..start], &cluster_conf[end..])
+        .replace("config_version: 1", "config_version: 2");
+    atomic_write_in(&c, 1, "corosync.conf", &v2);
+    for k in 1..=2 {
+        let back = wait_until(Duration::from_secs(20), || {
+            fs::read_to_string(host(k)).ok().as_deref() == Some(v2.as_str())
+        });
+        assert!(
+            back.is_some(),
+            "n{k}'s host corosync.conf was not updated\n{}",
+            c.logs()
+        );
+    }
+    let gone = wait_until(Duration::from_secs(20), || {
+        let m: serde_json::Value = fs::read_to_string(c.mnt(1).join(".members"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        m["nodelist"].get("n3").is_none() && m["nodelist"].get("n2").is_some()
+    });
+    assert!(
+        gone.is_some(),
+        "n3 still listed after the reload\n{}",
+        c.logs()
+    );
+    let log =
+        |k: usize| fs::read_to_string(c.dir.join(format!("n{k}/pmxfs.log"))).unwrap_or_default();
+    assert!(
+        log(1).contains("corosync reloaded its config"),
+        "n1 made the change and reloads corosync"
+    );
+    assert!(
+        !log(2).contains("corosync reloaded"),
+        "n2 only writes the file"
+    );
+}

@@ -506,6 +506,9 @@ fn escape_char(out: &mut String, c: char) {
     let code = u32::from(c);
     match code {
         0x22 => out.push_str("\\\""),
+        // pmxcfs keeps a backslash raw, which makes its JSON invalid; escaped here, it
+        // reads back as a backslash on every node, pmxcfs's included.
+        0x5c => out.push_str("\\\\"),
         0..=31 | 127 => push_decimal(out, code),
         32..=126 => out.push(c),
         128..=0xffff => {
@@ -521,6 +524,7 @@ fn escape_char(out: &mut String, c: char) {
 fn escape_byte(out: &mut String, byte: u8) {
     match byte {
         b'"' => out.push_str("\\\""),
+        b'\\' => out.push_str("\\\\"),
         0..=31 => push_decimal(out, u32::from(byte)),
         32..=126 => out.push(char::from(byte)),
         _ => out.push('?'),
@@ -554,7 +558,7 @@ fn unit_len(s: &str) -> usize {
     let all = |range: std::ops::Range<usize>, pred: fn(&u8) -> bool| {
         b.get(range).is_some_and(|part| part.iter().all(pred))
     };
-    if b.starts_with(b"\\\"") {
+    if b.starts_with(b"\\\"") || b.starts_with(b"\\\\") {
         2
     } else if b.starts_with(b"\\u") && all(2..6, u8::is_ascii_hexdigit) {
         6
@@ -1130,8 +1134,86 @@ fn pick_newest(logs: &[Vec<&Entry>], cursors: &[usize]) -> Option<usize> {
 fn json_line(e: &Entry) -> String {
     format!(
         "{{\"uid\": {}, \"time\": {}, \"pri\": {}, \"tag\": \"{}\", \"pid\": {}, \"node\": \"{}\", \"user\": \"{}\", \"msg\": \"{}\"}}",
-        e.uid, e.time, e.priority, e.tag, e.pid, e.node, e.ident, e.msg
+        e.uid,
+        e.time,
+        e.priority,
+        json_safe(&e.tag),
+        e.pid,
+        json_safe(&e.node),
+        json_safe(&e.ident),
+        json_safe(&e.msg)
     )
+}
+
+/// `s` as the inside of a JSON string. pmxcfs prints its strings raw and relies on the
+/// escaping done when an entry is made; that is kept (valid escapes pass unchanged, so
+/// the output is pmxcfs's byte for byte wherever pmxcfs's is valid JSON), but what
+/// would break the JSON (a lone backslash, a raw quote or control character, as a
+/// pmxcfs peer's entry or a hostile one can hold) is escaped, so that PVE's
+/// `decode_json` never fails on the log.
+pub fn json_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let b = s.as_bytes();
+    let valid_escape = |i: usize| match b.get(i + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Some(2),
+        Some(b'u')
+            if b.get(i + 2..i + 6)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+        {
+            Some(6)
+        }
+        _ => None,
+    };
+    let needs = |i: usize| match b[i] {
+        b'\\' => valid_escape(i).is_none(),
+        b'"' => true,
+        c => c < 0x20,
+    };
+    // Fast path: nothing to change (every entry pmxfs or pmxcfs made from plain text).
+    let mut i = 0;
+    let mut clean = true;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(n) = valid_escape(i) {
+                i += n;
+                continue;
+            }
+        }
+        if needs(i) {
+            clean = false;
+            break;
+        }
+        i += 1;
+    }
+    if clean {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(n) = valid_escape(i) {
+                out.push_str(&s[i..i + n]);
+                i += n;
+                continue;
+            }
+            out.push_str("\\\\");
+        } else if b[i] == b'"' {
+            out.push_str("\\\"");
+        } else if b[i] < 0x20 {
+            let _ = write!(out, "\\u{:04x}", b[i]);
+        } else {
+            // Not ASCII-special: copy the whole character.
+            let ch = s[i..]
+                .chars()
+                .next()
+                .expect("a character at a char boundary");
+            out.push(ch);
+            i += ch.len_utf8();
+            continue;
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -1311,7 +1393,8 @@ mod tests {
         assert_eq!(pack(b"a\nb\tc\x1b\x7f"), "a#010b#009c#027#127");
         assert_eq!(pack("caf\u{e9} \u{20ac}".as_bytes()), "caf\\u00e9 \\u20ac");
         assert_eq!(pack("smile \u{1F600}!".as_bytes()), "smile !");
-        assert_eq!(pack(b"back\\slash"), "back\\slash");
+        // pmxcfs keeps the backslash raw (its JSON is then invalid); escaped here.
+        assert_eq!(pack(b"back\\slash"), "back\\\\slash");
         assert_eq!(pack(b"cut\0here"), "cut");
         // Not UTF-8: byte by byte, and DEL becomes '?' on this path.
         assert_eq!(pack(b"a\xff\"b\x7f\n\xc3"), "a?\\\"b?#010?");
@@ -2043,5 +2126,30 @@ mod tests {
             }
         }
         assert!(accepted > 0 && accepted < 4000, "{accepted}");
+    }
+
+    #[test]
+    fn backslashes_and_hostile_strings_never_break_the_json() {
+        // Made here: the backslash is escaped, so it reads back as one.
+        let e = Entry::pack("n1", "root@pam", "t", 1, 6, 5, 1, r#"a\b "q""#).unwrap();
+        assert_eq!(e.msg, r#"a\\b \"q\""#);
+        let mut log = ClusterLog::new("n1");
+        log.insert(e);
+        // From a peer (a pmxcfs node, or a hostile one): a lone backslash, a raw quote,
+        // a control character, a bad \u escape.
+        let mut peer = Entry::pack("n2", "x\"y", "t", 1, 6, 6, 1, "m").unwrap();
+        peer.msg = "c:\\dir \\q raw\"quote \u{1} \\u12".into();
+        log.insert(peer);
+        let dump = log.dump_json(10, None);
+        let v: serde_json::Value = serde_json::from_str(&dump).expect("valid JSON");
+        assert_eq!(v["data"][1]["msg"], r#"a\b "q""#);
+        assert_eq!(v["data"][0]["msg"], "c:\\dir \\q raw\"quote \u{1} \\u12");
+        assert_eq!(v["data"][0]["user"], "x\"y");
+        // Valid escapes pass unchanged: pmxcfs's bytes wherever its JSON is valid.
+        assert_eq!(
+            json_safe(r#"a \"b\" \u00fc \\ #010"#),
+            r#"a \"b\" \u00fc \\ #010"#
+        );
+        assert!(matches!(json_safe("plain"), std::borrow::Cow::Borrowed(_)));
     }
 }

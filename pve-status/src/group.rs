@@ -218,6 +218,10 @@ impl Group {
             return Err(Exit::Leave("this member left the group".into()));
         }
         if self.members.len() > 1 {
+            tracing::info!(
+                members = ?self.members.iter().map(|m| (m.nodeid, m.pid)).collect::<Vec<_>>(),
+                "kvstore: starting data synchronisation"
+            );
             self.mode = Mode::StartSync;
             if self.lowest == self.me.nodeid {
                 out.push(Action::Send(wire::encode_state(
@@ -243,6 +247,10 @@ impl Group {
         if self.mode == Mode::Synced {
             return;
         }
+        tracing::info!(
+            members = self.members.len(),
+            "kvstore: all data is up to date"
+        );
         self.mode = Mode::Synced;
         let ip = store
             .ip(store.me())

@@ -416,6 +416,10 @@ impl Cluster {
     /// (default 300): aborting the FUSE connections makes any hung call fail, so a hang
     /// fails the test instead of stalling the run.
     pub fn up(n: usize, pmxfs_args: &str) -> Cluster {
+        Cluster::up_with(n, pmxfs_args, true)
+    }
+
+    fn up_with(n: usize, pmxfs_args: &str, with_pmxfs: bool) -> Cluster {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -449,14 +453,26 @@ impl Cluster {
                 .arg(&wdir)
                 .output();
         });
-        let out = Command::new("bash")
-            .arg(cluster_script())
-            .args(["up", &n.to_string()])
+        let no_pmxfs = !with_pmxfs;
+        let mut cmd = Command::new("bash");
+        cmd.arg(cluster_script()).arg("up");
+        if no_pmxfs {
+            cmd.arg("--no-pmxfs");
+        }
+        let out = cmd
+            .arg(n.to_string())
             .arg(&c.dir)
             .env("PMXFS_BIN", bin("pmxfs"))
             .env("PMXFS_ARGS", pmxfs_args)
             .output()
             .expect("run cluster.sh");
+        if no_pmxfs && out.status.success() {
+            std::fs::write(
+                c.dir.join("pmxfs.env"),
+                format!("BIN={}\nPMXFS_ARGS=\n", bin("pmxfs").display()),
+            )
+            .expect("pmxfs.env");
+        }
         assert!(
             out.status.success(),
             "cluster.sh up failed: {}\n{}",
@@ -464,6 +480,12 @@ impl Cluster {
             c.logs()
         );
         c
+    }
+
+    /// Bring up `n` corosync nodes without pmxfs; `script("pmxfs-start", k)` then starts
+    /// this build's pmxfs on node `k`, on its own schedule.
+    pub fn up_without_pmxfs(n: usize) -> Cluster {
+        Cluster::up_with(n, "", false)
     }
 
     /// Node `k`'s mount point.

@@ -179,6 +179,7 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Outgoing>, nodename: &str) 
     tracing::info!(nodeid = me.nodeid, ip = ?ip, "joined the kvstore group");
     let mut group = Group::new(me, ip);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut known = super::nodelist(cmap.as_ref());
     loop {
         let events = tokio::select! {
             g = fd.readable() => {
@@ -187,8 +188,18 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Outgoing>, nodename: &str) 
                 g.clear_ready();
                 ev
             }
-            // Also drains anything an edge-triggered wakeup might have left behind.
-            _ = tick.tick() => cpg.dispatch(Dispatch::All).context("cpg_dispatch")?,
+            // Also drains anything an edge-triggered wakeup might have left behind, and
+            // follows the node list, which a corosync reload changes without any
+            // membership change (a node removed from corosync.conf).
+            _ = tick.tick() => {
+                let list = super::nodelist(cmap.as_ref());
+                if list != known {
+                    tree.kv.lock().set_nodes(list.1.iter().map(|(n, id)| (*id, n.clone())));
+                    tree.status.set_nodelist(list.0.clone(), list.1.clone());
+                    known = list;
+                }
+                cpg.dispatch(Dispatch::All).context("cpg_dispatch")?
+            }
             r = rx.recv() => {
                 let Some(o) = r else { return Ok(End::Shutdown) };
                 let now = tree.clock.now();
