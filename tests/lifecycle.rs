@@ -18,7 +18,8 @@ fn refuses_to_start_when_it_must() {
         "{out:?}"
     );
     // a live mount
-    let other_db = fs.dir.path().join("other.db");
+    // In a directory of its own: pmxcfs's lock (.pmxcfs.lockfile) is per directory.
+    let other_db = fs.dir.path().join("other/other.db");
     let out = fs.command_for(&other_db, &fs.mnt).output().unwrap();
     assert!(!out.status.success());
     assert!(
@@ -164,7 +165,8 @@ fn a_mount_whose_daemon_is_stopped_is_refused_promptly() {
     let fs = Pmxfs::start(&[]);
     let pid = nix::unistd::Pid::from_raw(fs.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let other_db = fs.dir.path().join("other.db");
+    // In a directory of its own: pmxcfs's lock (.pmxcfs.lockfile) is per directory.
+    let other_db = fs.dir.path().join("other/other.db");
     let mut child = fs
         .command_for(&other_db, &fs.mnt)
         .stderr(std::process::Stdio::piped())

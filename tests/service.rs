@@ -388,3 +388,73 @@ fn a_damaged_database_is_checked_repaired_or_set_aside() {
     p.restart();
     assert!(!p.p("storage.cfg").exists(), "a new database");
 }
+
+/// `pvecm add` deletes config.db (after `sqlite3 .dump` as a backup) and starts the
+/// service again: the next start begins with a new database, and the intent log pmxfs
+/// keeps beside the old one is set aside, never replayed onto the new tree.
+#[test]
+fn a_deleted_database_starts_anew_without_its_old_log() {
+    // A change only the intent log holds (applying it stalls), then a crash.
+    let mut p = Pmxfs::start(&["--fault", "stall-apply"]);
+    fs::write(p.p("old.cfg"), "old tree\n").unwrap();
+    p.crash();
+    let log = p.db.with_file_name("config.db-pmxfs-log");
+    assert!(
+        fs::metadata(&log).unwrap().len() > 0,
+        "the log holds the change"
+    );
+    let dump = Command::new("sqlite3")
+        .arg(&p.db)
+        .arg(".dump")
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "sqlite3 .dump, as cfs_backup_database runs it"
+    );
+    fs::remove_file(&p.db).unwrap();
+    p.without_fault("stall-apply");
+    p.restart();
+    assert!(!p.p("old.cfg").exists(), "a new database");
+    fs::write(p.p("new.cfg"), "new tree\n").unwrap();
+    let orphaned: Vec<String> = fs::read_dir(p.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-pmxfs-log.orphaned-"))
+        .collect();
+    assert_eq!(orphaned.len(), 1, "the old log is set aside: {orphaned:?}");
+    assert!(p
+        .log()
+        .contains("belongs to a database that no longer exists"));
+    // And the new database keeps working across a restart.
+    p.stop();
+    p.restart();
+    assert_eq!(fs::read_to_string(p.p("new.cfg")).unwrap(), "new tree\n");
+}
+
+/// pmxcfs's own lock file is taken too, so pmxfs never runs on a database pmxcfs has
+/// open (as when switching by hand): it waits 10 s for it, as pmxcfs does, then gives up.
+#[test]
+fn pmxfs_does_not_start_beside_a_running_pmxcfs() {
+    use std::os::fd::AsRawFd;
+    let mut p = Pmxfs::unstarted(&[]);
+    let lock = fs::File::create(p.dir.path().join(".pmxcfs.lockfile")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let t0 = std::time::Instant::now();
+    let out = p.command().output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pmxcfs (or another cluster filesystem) runs"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(9),
+        "it waited as pmxcfs waits"
+    );
+    drop(lock);
+    p = restarted(p);
+    assert!(is_mounted(&p.mnt), "starts once pmxcfs is gone");
+}

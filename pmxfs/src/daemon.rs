@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use fuser::{Config, MountOption, Session, SessionACL};
 use memdb::{Limits, MemDb, Op};
 use pmxfs_client::versions::VersionShmWriter;
@@ -118,29 +118,84 @@ fn deferral(sync: SyncMode, faults: Faults) -> Deferral {
     }
 }
 
-/// Take the single-instance lock next to the database; held until the process exits.
-pub fn lock_instance(db: &Path) -> Result<std::fs::File> {
+/// The single-instance locks, held until the process exits: pmxfs's own beside the
+/// database, and pmxcfs's (`.pmxcfs.lockfile` in the database's directory), so that
+/// pmxfs and pmxcfs never run on one database at once (as when switching by hand).
+pub struct InstanceLock {
+    _own: std::fs::File,
+    _pmxcfs: std::fs::File,
+}
+
+/// Take [`InstanceLock`]. pmxcfs's lock is waited for up to 10 s, as pmxcfs waits for
+/// it (a daemon that is still stopping); pmxfs's own is not.
+pub fn lock_instance(db: &Path) -> Result<InstanceLock> {
     let lock_path = PathBuf::from(format!("{}.lock", db.display()));
+    let own = flock_file(&lock_path, 0).map_err(|e| match e {
+        LockError::Held => anyhow::anyhow!(
+            "another pmxfs is already running on {} (lock file {} is held)",
+            db.display(),
+            lock_path.display()
+        ),
+        LockError::Other(e) => e,
+    })?;
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let pmxcfs_path = dir.join(".pmxcfs.lockfile");
+    let pmxcfs = flock_file(&pmxcfs_path, 10).map_err(|e| match e {
+        LockError::Held => anyhow::anyhow!(
+            "pmxcfs (or another cluster filesystem) runs on {} ({} is held)",
+            dir.display(),
+            pmxcfs_path.display()
+        ),
+        LockError::Other(e) => e,
+    })?;
+    Ok(InstanceLock {
+        _own: own,
+        _pmxcfs: pmxcfs,
+    })
+}
+
+enum LockError {
+    Held,
+    Other(anyhow::Error),
+}
+
+/// `flock(LOCK_EX)` on `path`, trying once a second for `retries` more seconds.
+fn flock_file(path: &Path, retries: u32) -> Result<std::fs::File, LockError> {
+    use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            bail!(
-                "another pmxfs is already running on {} (lock file {} is held)",
-                db.display(),
-                lock_path.display()
-            );
+        .open(path)
+        .map_err(|e| {
+            LockError::Other(anyhow::anyhow!(
+                "cannot open lock file {}: {e}",
+                path.display()
+            ))
+        })?;
+    for attempt in 0..=retries {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
         }
-        bail!("cannot lock {}: {e}", lock_path.display());
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(LockError::Other(anyhow::anyhow!(
+                "cannot lock {}: {e}",
+                path.display()
+            )));
+        }
+        if attempt == 0 && retries > 0 {
+            tracing::info!("{} is held; trying again for {retries} s", path.display());
+        }
+        if attempt < retries {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
-    Ok(f)
+    Err(LockError::Held)
 }
 
 /// Directories a node expects to find (pve-cluster creates them on setup).

@@ -108,6 +108,9 @@ impl LoggedStore {
     ) -> Result<(LoggedStore, Loaded), Error> {
         let (mut sqlite, mut loaded) = SqliteStore::open(path, sync)?;
         let log_path = intent_log::path_for(path);
+        if loaded.created {
+            set_aside_orphaned_log(&log_path)?;
+        }
         let (mut log, bytes) = LogFile::open(&log_path)?;
         let corrupt = |reason: String| Error::Corrupt {
             path: log_path.clone(),
@@ -251,6 +254,26 @@ impl Store for LoggedStore {
         // Nothing in the log is needed any more; an empty file says so at a glance.
         self.log.clear().map_err(Error::from)?;
         Ok(())
+    }
+}
+
+/// A log beside a database created just now belongs to a database that is gone (PVE's
+/// `pvecm add` deletes config.db, not the files pmxfs keeps beside it): replaying it
+/// would bring the old tree's changes back, or refuse to start. It is moved aside.
+fn set_aside_orphaned_log(log: &Path) -> Result<(), Error> {
+    match std::fs::metadata(log) {
+        Ok(m) if m.len() > 0 => {
+            let mut to = log.as_os_str().to_owned();
+            to.push(format!(".orphaned-{}", std::process::id()));
+            std::fs::rename(log, &to)?;
+            tracing::warn!(
+                log = %log.display(),
+                moved_to = %Path::new(&to).display(),
+                "the intent log belongs to a database that no longer exists; set it aside"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
