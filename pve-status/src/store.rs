@@ -81,6 +81,8 @@ pub struct StatusStore {
     ips: BTreeMap<String, String>,
     /// The cluster log.
     pub log: ClusterLog,
+    /// Moves with every change of a key's version (`.version`'s `kvstore`).
+    generation: u64,
 }
 
 /// A C string: the bytes up to the first NUL (all of them if there is none).
@@ -107,6 +109,7 @@ impl StatusStore {
             rrd_dump: None,
             ips: BTreeMap::new(),
             log: ClusterLog::start(me, pid, now),
+            generation: 0,
         }
     }
 
@@ -162,6 +165,7 @@ impl StatusStore {
             self.ips.insert(node.to_string(), ip);
             return Ok(Stored::Ip(changed));
         }
+        self.generation += 1;
         let keys = self.nodes.entry(node.to_string()).or_default();
         if value.is_empty() {
             keys.remove(key);
@@ -195,6 +199,11 @@ impl StatusStore {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Moves whenever [`StatusStore::versions`] may answer differently.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The version of every key, by node, this node's first (`.version`'s `kvstore`).
@@ -269,6 +278,9 @@ mod tests {
         assert_eq!(kv.get("n1", "kv/a"), Some(b"x\0".to_vec()));
         kv.set_local("kv/a", b"y\0", 2).unwrap();
         assert_eq!(kv.versions(), vec![("n1".into(), vec![("kv/a".into(), 1)])]);
+        let g = kv.generation();
+        kv.set_local("rrd/pve-node-9.0/n1", b"1:2\0", 2).unwrap();
+        assert_eq!(kv.generation(), g, "an RRD update is not a key");
         assert_eq!(kv.own_entries(), vec![("kv/a".into(), b"y\0".to_vec())]);
         kv.set_local("kv/a", b"", 3).unwrap();
         assert_eq!(kv.get("", "kv/a"), None);

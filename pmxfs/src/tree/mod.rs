@@ -69,6 +69,10 @@ pub trait ConfSink: Send + Sync {
     fn changed(&self, local: bool);
 }
 
+/// What `.version` shows moved: the status generation, the kvstore generation and the
+/// guest list version.
+type VersionKey = (u64, u64, u32);
+
 /// Where a published change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -98,6 +102,7 @@ pub struct Tree {
     broadcast: OnceLock<Box<dyn StatusBroadcast>>,
     rrd: OnceLock<Box<dyn RrdSink>>,
     corosync_conf: OnceLock<Box<dyn ConfSink>>,
+    version_cache: Mutex<Option<(VersionKey, String)>>,
     /// What the kernel holds.
     pub refs: KernelRefs,
     /// The IPC clients connected now.
@@ -134,6 +139,7 @@ impl Tree {
             broadcast: OnceLock::new(),
             rrd: OnceLock::new(),
             corosync_conf: OnceLock::new(),
+            version_cache: Mutex::new(None),
             status,
             refs: KernelRefs::default(),
             ipc_clients: clients::Clients::default(),
@@ -433,7 +439,26 @@ impl Tree {
     pub fn virtual_file(&self, v: vfiles::Virt) -> String {
         let db = self.db.read();
         let mut kv = self.kv.lock();
-        vfiles::content(v, &self.status, &mut kv, &db)
+        if v != vfiles::Virt::Version {
+            return vfiles::content(v, &self.status, &mut kv, &db);
+        }
+        // PVE's daemons ask for `.version` before every API request; it is built again
+        // only when something it shows moved. The key is read before the text is
+        // built, so a change racing with the build only makes the next reader rebuild.
+        let key = (
+            self.status.generation(),
+            kv.generation(),
+            db.vmlist_version(),
+        );
+        let mut cache = self.version_cache.lock();
+        if let Some((k, text)) = cache.as_ref() {
+            if *k == key {
+                return text.clone();
+            }
+        }
+        let text = vfiles::content(v, &self.status, &mut kv, &db);
+        *cache = Some((key, text.clone()));
+        text
     }
 
     /// Fold the store's write-ahead log into the database (clean shutdown).

@@ -2,7 +2,7 @@
 //! name, mode, quorum, members, and the per-path change counters of `.version`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -63,6 +63,7 @@ pub struct Status {
     pub start_time: u64,
     quorate: AtomicBool,
     clinfo_version: AtomicU32,
+    generation: AtomicU64,
     cluster: Mutex<Cluster>,
     kvstore: Mutex<KvGroupView>,
     counters: Mutex<HashMap<&'static str, u32>>,
@@ -82,6 +83,7 @@ impl Status {
             start_time,
             quorate: AtomicBool::new(mode == Mode::Local),
             clinfo_version: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
             cluster: Mutex::new(Cluster::default()),
             kvstore: Mutex::new(KvGroupView::default()),
             counters: Mutex::new(OBSERVED_PATHS.iter().map(|p| (*p, 0)).collect()),
@@ -104,7 +106,7 @@ impl Status {
         let mut c = self.cluster.lock();
         c.name = cluster_name;
         c.nodes = nodes;
-        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+        self.bump_clinfo_version();
     }
 
     /// Publish this node's view of the kvstore group.
@@ -120,7 +122,7 @@ impl Status {
     /// The nodes of the kvstore group's membership (`online`); bumps the clinfo counter.
     pub fn set_online(&self, ids: Vec<u32>) {
         self.cluster.lock().online = ids;
-        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+        self.bump_clinfo_version();
     }
 
     /// The nodes' addresses from the kvstore (`ip`); bumps the clinfo counter if they
@@ -129,7 +131,7 @@ impl Status {
         let mut c = self.cluster.lock();
         if c.ips != ips {
             c.ips = ips;
-            self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+            self.bump_clinfo_version();
         }
     }
 
@@ -166,6 +168,7 @@ impl Status {
     pub fn record_change(&self, path: &str) {
         if let Some(c) = self.counters.lock().get_mut(path) {
             *c = c.wrapping_add(1);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -174,6 +177,18 @@ impl Status {
         for c in self.counters.lock().values_mut() {
             *c = c.wrapping_add(1);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn bump_clinfo_version(&self) {
+        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Moves whenever a change counter or the cluster info version moves: `.version`
+    /// built at one generation is valid until the next.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// `.version` content (pmxcfs's `cfs_create_version_msg`); `kvstore` is each node's
@@ -212,7 +227,7 @@ impl Status {
 
     /// Count a change of the cluster information (members, names, addresses).
     pub fn bump_clinfo(&self) {
-        self.clinfo_version.fetch_add(1, Ordering::AcqRel);
+        self.bump_clinfo_version();
     }
 
     /// `.members` content, in pmxcfs's layout.
