@@ -1222,7 +1222,7 @@ mod tests {
 
     const FIXTURES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/pmxcfs-wire/"
+        "/tests/fixtures/pmxcfs-wire/"
     );
     /// dfsm NORMAL header in front of a kvstore LOG payload.
     const NORMAL_HEADER: usize = 24;

@@ -287,7 +287,7 @@ mod tests {
     fn fixture(name: &str) -> Vec<u8> {
         let p = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/pmxcfs-wire/"
+            "/tests/fixtures/pmxcfs-wire/"
         );
         std::fs::read(format!("{p}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
