@@ -1220,10 +1220,7 @@ pub fn json_safe(s: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/pmxcfs-wire/"
-    );
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pmxcfs-wire/");
     /// dfsm NORMAL header in front of a kvstore LOG payload.
     const NORMAL_HEADER: usize = 24;
     /// dfsm state header in front of a kvstore STATE payload.

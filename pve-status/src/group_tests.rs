@@ -455,10 +455,7 @@ fn bad_sync_rounds_leave_or_drop_the_state() {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/pmxcfs-wire/"
-    );
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pmxcfs-wire/");
     std::fs::read(format!("{p}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
