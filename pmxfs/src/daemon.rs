@@ -74,6 +74,9 @@ pub struct DaemonOpts {
     pub rrd_dir: PathBuf,
     /// rrdcached's address ("" for none).
     pub rrdcached: String,
+    /// How long changes may gather in the intent log before they are folded into
+    /// SQLite (fewer, fuller commits: less wear).
+    pub fold_after: Duration,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -328,6 +331,7 @@ const WAYS_OUT: &str = "(`pmxfs db check` lists every problem, `pmxfs db repair`
 fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<(Arc<Tree>, bool)> {
     let (store, loaded) = LoggedStore::open(&opts.db, opts.sync, deferral(opts.sync, opts.faults))
         .with_context(|| format!("cannot open database {} {WAYS_OUT}", opts.db.display()))?;
+    store.set_fold_after(opts.fold_after);
     let created = loaded.created;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
         .with_context(|| format!("refusing to start on {} {WAYS_OUT}", opts.db.display()))?

@@ -176,6 +176,12 @@ struct DaemonArgs {
     /// also does when the daemon is not running).
     #[arg(long, default_value = rrd_sys::writer::PVE_RRDCACHED)]
     rrdcached: String,
+    /// Seconds a change may wait in the intent log (where it is already durable)
+    /// before it is folded into SQLite together with the ones after it; 0 folds each
+    /// at once. Longer means fewer SQLite commits and checkpoints, so less SSD wear;
+    /// config.db trails the tree by at most this much (pmxfs itself reads the tree).
+    #[arg(long, default_value_t = storage::logged::FOLD_AFTER.as_secs_f64())]
+    db_fold_after: f64,
     /// Accept the control socket's test hooks: operations injected as if from another
     /// node, and moving the daemon's clock forward.
     #[arg(long, hide = true)]
@@ -328,6 +334,7 @@ fn run_daemon(a: DaemonArgs, journal: bool) -> Result<()> {
         ipc_name: a.ipc_name,
         rrd_dir: a.rrd_dir,
         rrdcached: a.rrdcached,
+        fold_after: secs(a.db_fold_after)?,
     };
     daemon::run(opts)
 }

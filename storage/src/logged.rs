@@ -1,6 +1,7 @@
 //! The store the daemon uses: a change is answered once it is in the intent log, and a
-//! background thread ("pmxfs-apply") moves it into SQLite, several changes per
-//! transaction when they come faster than SQLite commits.
+//! background thread ("pmxfs-apply") folds it into SQLite later, together with the
+//! changes after it: once the oldest has waited [`FOLD_AFTER`], a batch is full, or
+//! someone needs the database current (a large change, a sync, a checkpoint).
 //!
 //! Why: an SQLite commit costs 20-60 µs here (ext4 writes and file locks), half of what
 //! creating, renaming or deleting a file costs through FUSE; an append to the log costs
@@ -19,7 +20,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -48,10 +49,13 @@ const DIRECT_MIN: usize = 64 * 1024;
 const REWIND_AT: u64 = 4 << 20;
 /// The log never grows past this: the writer waits for the applier to catch up.
 const LOG_CAP: u64 = 64 << 20;
-/// After waking from idle, the applier waits this long so that a burst shares a
-/// transaction; it bounds how far `config.db` trails the tree, not any reply.
-const LINGER: Duration = Duration::from_millis(1);
-/// Changes per SQLite transaction at most.
+/// A change waits in the log at most this long before it is folded into SQLite, unless
+/// more come: a file rewritten every few seconds (as pve-ha-lrm rewrites its status)
+/// then costs about one log append per rewrite, not an SQLite commit and a checkpoint
+/// each. It bounds how far `config.db` trails the tree, not any reply; a drain (a large
+/// change, a sync, the clean stop) folds at once.
+pub const FOLD_AFTER: Duration = Duration::from_secs(5);
+/// Changes per SQLite transaction at most; this many waiting are folded at once.
 const MAX_BATCH: usize = 512;
 
 #[derive(Default)]
@@ -65,12 +69,30 @@ struct State {
     stop: bool,
     /// The applier takes nothing more ([`Deferral::Stalled`], or a test's crash).
     halted: bool,
+    /// When the oldest change now queued was logged.
+    since: Option<Instant>,
+    /// Someone waits for the queue to drain: fold now.
+    urgent: bool,
+    /// SQLite transactions the applier committed.
+    folds: u64,
+    /// How long changes may gather in the log ([`FOLD_AFTER`] unless set).
+    fold_after: Option<Duration>,
 }
 
 impl State {
     /// Whether the applier has something it may take.
     fn has_work(&self) -> bool {
         !self.halted && !self.queue.is_empty()
+    }
+
+    /// How long the queue may still wait before it is folded; `None` if now.
+    fn fold_in(&self) -> Option<Duration> {
+        if self.stop || self.urgent || self.queue.len() >= MAX_BATCH {
+            return None;
+        }
+        let age = self.since.map(|t| t.elapsed()).unwrap_or_default();
+        let limit = self.fold_after.unwrap_or(FOLD_AFTER);
+        limit.checked_sub(age).filter(|d| !d.is_zero())
     }
 }
 
@@ -176,6 +198,10 @@ impl LoggedStore {
     fn drain(&self) -> Result<(), Error> {
         let last = self.next_seq - 1;
         let mut st = self.shared.state.lock();
+        if st.applied < last {
+            st.urgent = true;
+            self.shared.work.notify_one();
+        }
         while st.applied < last {
             if let Some(why) = &st.failing {
                 return Err(Error::Io(std::io::Error::other(format!(
@@ -200,6 +226,13 @@ impl LoggedStore {
         r
     }
 
+    /// Let changes gather in the log for up to `d` before they are folded into SQLite
+    /// (0: fold each as soon as it is logged).
+    pub fn set_fold_after(&self, d: Duration) {
+        self.shared.state.lock().fold_after = Some(d);
+        self.shared.work.notify_one();
+    }
+
     fn log_change(&mut self, txn: &Txn) -> Result<(), Error> {
         let seq = self.next_seq;
         if self.log.end() >= REWIND_AT {
@@ -213,9 +246,16 @@ impl LoggedStore {
         }
         self.log.append(seq, txn)?;
         self.next_seq += 1;
-        self.shared.state.lock().queue.push_back((seq, txn.clone()));
-        // Cheap when the applier is busy: parking_lot only checks for a waiter.
-        self.shared.work.notify_one();
+        let mut st = self.shared.state.lock();
+        st.since.get_or_insert_with(Instant::now);
+        st.queue.push_back((seq, txn.clone()));
+        // The applier sleeps without a deadline only on an empty queue, and otherwise
+        // needs waking only for a full batch.
+        let wake = st.queue.len() == 1 || st.queue.len() >= MAX_BATCH;
+        drop(st);
+        if wake {
+            self.shared.work.notify_one();
+        }
         Ok(())
     }
 }
@@ -308,12 +348,13 @@ fn apply_loop(sh: &Shared, db: &Mutex<SqliteStore>) {
                     return;
                 }
                 sh.work.wait(&mut st);
-                if !st.has_work() {
-                    continue;
-                }
-                if !st.stop {
-                    parking_lot::MutexGuard::unlocked(&mut st, || std::thread::sleep(LINGER));
-                }
+                continue;
+            }
+            // Let changes gather in the log (each is durable there already) until the
+            // oldest has waited FOLD_AFTER, a batch is full, or someone must wait.
+            if let Some(d) = st.fold_in() {
+                sh.work.wait_for(&mut st, d);
+                continue;
             }
             st.queue.iter().take(MAX_BATCH).cloned().collect()
         };
@@ -322,7 +363,13 @@ fn apply_loop(sh: &Shared, db: &Mutex<SqliteStore>) {
         match result {
             Ok(()) => {
                 st.queue.drain(..batch.len());
+                st.folds += 1;
                 st.applied = batch.last().map(|(s, _)| *s).unwrap_or(st.applied);
+                // What is left came later than what was folded; count it from now.
+                st.since = (!st.queue.is_empty()).then(Instant::now);
+                if st.queue.is_empty() {
+                    st.urgent = false;
+                }
                 if st.failing.take().is_some() {
                     tracing::info!("database writes work again");
                 }
@@ -535,6 +582,8 @@ mod tests {
             let catch_up_at = next(ops);
             for i in 0..ops {
                 if i == catch_up_at && i < halt_at {
+                    shared.state.lock().urgent = true;
+                    shared.work.notify_one();
                     while !shared.state.lock().queue.is_empty() {
                         std::thread::sleep(Duration::from_millis(1));
                     }
@@ -566,6 +615,24 @@ mod tests {
             let d = memdb(&path, Deferral::On);
             assert_eq!((d.rows(), d.root_version()), want, "round {round}");
         }
+    }
+
+    /// Small changes wait in the log and reach SQLite together: one transaction for a
+    /// run of rewrites, when a drain asks for it (or FOLD_AFTER after the first).
+    #[test]
+    fn small_changes_are_folded_into_sqlite_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.db");
+        let (mut s, _) = open(&path, Deferral::On);
+        for v in 2..22 {
+            s.commit(&file_txn(v, 1024)).unwrap();
+        }
+        s.drain().unwrap();
+        let st = s.shared.state.lock();
+        assert_eq!(st.folds, 1, "twenty rewrites, one SQLite transaction");
+        assert_eq!((st.applied, st.queue.len()), (20, 0));
+        drop(st);
+        assert_eq!(on_disk(&path), (20, 21));
     }
 
     #[test]
