@@ -6,6 +6,7 @@
 //! - [`clog`]: the cluster log, its entries, ring, dedup, merge and JSON;
 //! - [`store`]: every node's keys, RRD updates and addresses, and the log;
 //! - [`group`]: this node as a member of the `pve_kvstore_v1` group.
+#![warn(missing_docs)]
 pub mod clog;
 pub mod group;
 pub mod store;
