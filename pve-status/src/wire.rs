@@ -84,6 +84,12 @@ impl Subtype {
         }
     }
 
+    /// The raw `subtype` field (another dfsm group's message type, such as dcdb's, is
+    /// read from it).
+    pub fn raw(self) -> u16 {
+        self.as_u16()
+    }
+
     fn as_u16(self) -> u16 {
         match self {
             Subtype::Update => 1,
@@ -148,7 +154,7 @@ pub enum WireError {
     #[error("unknown message type {0}")]
     UnknownType(u16),
     /// A newer protocol than this node speaks: pmxcfs stops the group for good.
-    #[error("protocol version {0} is newer than {PROTOCOL_VERSION}")]
+    #[error("protocol version {0} is newer than this node's")]
     NewerProtocol(u32),
 }
 
@@ -164,8 +170,14 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Decode a delivered message.
+/// Decode a delivered message of the kvstore group.
 pub fn decode(b: &[u8]) -> Result<Message<'_>, WireError> {
+    decode_for(b, PROTOCOL_VERSION)
+}
+
+/// Decode a delivered message of a dfsm group speaking `protocol` (a newer version is
+/// an error, as for pmxcfs; an older one is returned, for the caller to ignore).
+pub fn decode_for(b: &[u8], protocol: u32) -> Result<Message<'_>, WireError> {
     if b.len() < HEADER {
         return Err(WireError::Short {
             len: b.len(),
@@ -173,7 +185,7 @@ pub fn decode(b: &[u8]) -> Result<Message<'_>, WireError> {
         });
     }
     let proto = u32_at(b, 4);
-    if proto > PROTOCOL_VERSION {
+    if proto > protocol {
         return Err(WireError::NewerProtocol(proto));
     }
     let raw = u16_at(b, 0);
@@ -209,19 +221,31 @@ pub fn decode(b: &[u8]) -> Result<Message<'_>, WireError> {
     })
 }
 
-fn header(out: &mut Vec<u8>, kind: Kind, subtype: u16, time: u32) {
+fn header(out: &mut Vec<u8>, kind: Kind, subtype: u16, protocol: u32, time: u32) {
     out.extend_from_slice(&kind.as_u16().to_le_bytes());
     out.extend_from_slice(&subtype.to_le_bytes());
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&protocol.to_le_bytes());
     out.extend_from_slice(&time.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
 }
 
 /// A NORMAL message: header, `count`, then `parts` concatenated.
 pub fn encode_normal(subtype: Subtype, time: u32, count: u64, parts: &[&[u8]]) -> Vec<u8> {
+    encode_normal_raw(subtype.as_u16(), PROTOCOL_VERSION, time, count, parts)
+}
+
+/// A NORMAL message of any dfsm group: `subtype` and `protocol` as that group numbers
+/// them (dcdb: protocol 1, subtypes 1..8).
+pub fn encode_normal_raw(
+    subtype: u16,
+    protocol: u32,
+    time: u32,
+    count: u64,
+    parts: &[&[u8]],
+) -> Vec<u8> {
     let len = NORMAL_HEADER + parts.iter().map(|p| p.len()).sum::<usize>();
     let mut out = Vec::with_capacity(len);
-    header(&mut out, Kind::Normal, subtype.as_u16(), time);
+    header(&mut out, Kind::Normal, subtype, protocol, time);
     out.extend_from_slice(&count.to_le_bytes());
     for p in parts {
         out.extend_from_slice(p);
@@ -231,9 +255,20 @@ pub fn encode_normal(subtype: Subtype, time: u32, count: u64, parts: &[&[u8]]) -
 
 /// A state message of round `epoch` with `payload`.
 pub fn encode_state(kind: Kind, time: u32, epoch: Epoch, payload: &[u8]) -> Vec<u8> {
+    encode_state_raw(kind, PROTOCOL_VERSION, time, epoch, payload)
+}
+
+/// A state message of any dfsm group, with its `protocol` version.
+pub fn encode_state_raw(
+    kind: Kind,
+    protocol: u32,
+    time: u32,
+    epoch: Epoch,
+    payload: &[u8],
+) -> Vec<u8> {
     debug_assert!(kind != Kind::Normal, "a state message has a state kind");
     let mut out = Vec::with_capacity(STATE_HEADER + payload.len());
-    header(&mut out, kind, 0, time);
+    header(&mut out, kind, 0, protocol, time);
     for v in [epoch.epoch, epoch.time, epoch.nodeid, epoch.pid] {
         out.extend_from_slice(&v.to_le_bytes());
     }
