@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what pmxfs needs on Debian 12, idempotently: FUSE, SQLite's CLI (tests),
 # corosync with its development headers and libclang (bindgen), network tools for the
-# multi-node tests, and a Rust toolchain if none is present.
+# multi-node tests, librrd and rrdtool (RRD files), dpkg-dev, binutils and systemd (the
+# package and its test), and a Rust toolchain if none is present.
 set -euo pipefail
 
 PKGS=(fuse3 sqlite3 corosync libcpg-dev libquorum-dev libcmap-dev libvotequorum-dev
       libcfg-dev libqb-dev libclang-dev clang pkg-config iproute2 util-linux psmisc procps openssl
-      ca-certificates curl librrd-dev rrdcached rrdtool)
+      ca-certificates curl librrd-dev rrdcached rrdtool dpkg-dev binutils systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do

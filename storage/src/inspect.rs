@@ -29,13 +29,28 @@ pub struct Inspected {
     pub damage: Option<String>,
 }
 
-/// Read `path` through a read-only connection.
+/// Read `path` through a read-only connection, row by row.
 pub fn inspect(path: &Path) -> Result<Inspected, Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| corrupt(path, e))?;
+    read_tree(&conn, path, false)?.ok_or_else(|| Error::Foreign {
+        path: path.to_path_buf(),
+        reason: "no 'tree' table (no tables at all)".into(),
+    })
+}
+
+/// Read the `tree` table of `conn` (the daemon's load and `inspect` alike): `None` for a
+/// database without any table. A foreign schema is an error; with `strict`, SQLite's
+/// damage is too, before any row is read, and so is the first row that cannot be an
+/// entry; without it both are reported in the result.
+pub(crate) fn read_tree(
+    conn: &Connection,
+    path: &Path,
+    strict: bool,
+) -> Result<Option<Inspected>, Error> {
     let tables: Vec<String> = {
         let mut st = conn
             .prepare("SELECT name FROM sqlite_master WHERE type='table'")
@@ -46,6 +61,9 @@ pub fn inspect(path: &Path) -> Result<Inspected, Error> {
             .map_err(|e| corrupt(path, e))?;
         names
     };
+    if tables.is_empty() {
+        return Ok(None);
+    }
     if !tables.iter().any(|t| t == "tree") {
         return Err(Error::Foreign {
             path: path.to_path_buf(),
@@ -65,12 +83,22 @@ pub fn inspect(path: &Path) -> Result<Inspected, Error> {
     if cols != COLUMNS {
         return Err(Error::Foreign {
             path: path.to_path_buf(),
-            reason: format!("'tree' has columns ({})", cols.join(", ")),
+            reason: format!(
+                "'tree' has columns ({}), expected ({})",
+                cols.join(", "),
+                COLUMNS.join(", ")
+            ),
         });
     }
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
+    if strict && check != "ok" {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("quick_check: {check}"),
+        });
+    }
     let mut out = Inspected {
         damage: (check != "ok").then_some(check),
         ..Inspected::default()
@@ -90,16 +118,24 @@ pub fn inspect(path: &Path) -> Result<Inspected, Error> {
                 };
             }
             Ok(Some(row)) => out.rows.push(row),
+            Err(why) if strict => {
+                return Err(Error::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("inode {inode} {why}"),
+                })
+            }
             Err(why) => out.unreadable.push((Inode(inode as u64), why)),
         }
     }
+    // A database without the version record still has a well-defined version: the
+    // highest entry version.
     let max_row = out.rows.iter().map(|r| r.version).max().unwrap_or(0);
     out.root.version = out.root.version.max(max_row);
     out.meta = [("term", 0), ("promised_term", 0), (LOG_SEQ, 0)];
     for (k, v) in out.meta.iter_mut() {
-        *v = read_meta(&conn, &tables, k).map_err(|e| corrupt(path, e))?;
+        *v = read_meta(conn, &tables, k).map_err(|e| corrupt(path, e))?;
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// One row: `None` for the version record, or why it cannot be an entry.
@@ -109,12 +145,12 @@ fn row_of(r: &rusqlite::Row<'_>) -> Result<Option<Row>, String> {
     let name: String = r.get(6).map_err(|e| format!("bad name: {e}"))?;
     if inode == 0 {
         if name != VERSION_NAME {
-            return Err(format!("inode 0 is '{name}', expected '{VERSION_NAME}'"));
+            return Err(format!("is '{name}', expected '{VERSION_NAME}'"));
         }
         return Ok(None);
     }
     if inode < 0 {
-        return Err("negative inode".into());
+        return Err("is negative".into());
     }
     let ty = get(5)?;
     let kind = Kind::from_dtype(ty).ok_or_else(|| format!("'{name}': unknown type {ty}"))?;

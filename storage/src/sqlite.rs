@@ -2,11 +2,10 @@
 //! replication numbers in a table of their own that pmxcfs never reads.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use memdb::{Inode, Kind, RootVersion, Row, Store, StoreError, Txn, DT_REG};
+use memdb::{Kind, RootVersion, Row, Store, StoreError, Txn, DT_REG};
 
 use crate::checkpoint::Checkpointer;
 use crate::Error;
@@ -193,110 +192,17 @@ pub(crate) fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
 /// Check that `conn` holds a pmxcfs `tree` table and read it; `None` for an empty
 /// database (no tables at all), which is initialised like a new file.
 fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Error> {
-    let tables: Vec<String> = (|| {
-        let mut st = conn.prepare("SELECT name FROM sqlite_master WHERE type='table'")?;
-        let names = st
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, rusqlite::Error>(names)
-    })()
-    .map_err(|e| corrupt(path, e))?;
-    if tables.is_empty() {
+    let Some(t) = crate::inspect::read_tree(conn, path, true)? else {
         return Ok(None);
-    }
-    if !tables.iter().any(|t| t == "tree") {
-        return Err(Error::Foreign {
-            path: path.to_path_buf(),
-            reason: format!("no 'tree' table (tables: {})", tables.join(", ")),
-        });
-    }
-    let cols: Vec<String> = (|| {
-        let mut st = conn.prepare("PRAGMA table_info(tree)")?;
-        let c = st
-            .query_map([], |r| r.get::<_, String>(1))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, rusqlite::Error>(c)
-    })()
-    .map_err(|e| corrupt(path, e))?;
-    if cols != COLUMNS {
-        return Err(Error::Foreign {
-            path: path.to_path_buf(),
-            reason: format!(
-                "'tree' has columns ({}), expected ({})",
-                cols.join(", "),
-                COLUMNS.join(", ")
-            ),
-        });
-    }
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| corrupt(path, e))?;
-    if check != "ok" {
-        return Err(Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("quick_check: {check}"),
-        });
-    }
-    let mut root = RootVersion::default();
-    let mut rows = Vec::new();
-    let mut st = conn
-        .prepare("SELECT inode, parent, version, writer, mtime, type, name, data FROM tree")
-        .map_err(|e| corrupt(path, e))?;
-    let mut q = st.query([]).map_err(|e| corrupt(path, e))?;
-    while let Some(r) = q.next().map_err(|e| corrupt(path, e))? {
-        let inode: i64 = r.get(0)?;
-        let ty: i64 = r.get(5)?;
-        let name: String = r.get(6).map_err(|e| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("inode {inode}: bad name: {e}"),
-        })?;
-        let data: Option<Vec<u8>> = r.get(7)?;
-        if inode == 0 {
-            if name != VERSION_NAME {
-                return Err(Error::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: format!("inode 0 is '{name}', expected '{VERSION_NAME}'"),
-                });
-            }
-            root = RootVersion {
-                version: r.get::<_, i64>(2)? as u64,
-                writer: r.get::<_, i64>(3)? as u32,
-                mtime: r.get::<_, i64>(4)? as u32,
-            };
-            continue;
-        }
-        let kind = Kind::from_dtype(ty).ok_or_else(|| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("inode {inode} '{name}': unknown type {ty}"),
-        })?;
-        if kind == Kind::Dir && data.as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(Error::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!("directory inode {inode} '{name}' has data"),
-            });
-        }
-        rows.push(Row {
-            inode: Inode(inode as u64),
-            parent: Inode(r.get::<_, i64>(1)? as u64),
-            version: r.get::<_, i64>(2)? as u64,
-            writer: r.get::<_, i64>(3)? as u32,
-            mtime: r.get::<_, i64>(4)? as u32,
-            kind,
-            name,
-            data: Arc::new(data.unwrap_or_default()),
-        });
-    }
-    // A database without the version record still has a well-defined version: the
-    // highest entry version.
-    let max_row = rows.iter().map(|r| r.version).max().unwrap_or(0);
-    root.version = root.version.max(max_row);
+    };
+    let [(_, term), (_, promised_term), (_, log_seq)] = t.meta;
     Ok(Some(Loaded {
-        rows,
-        root,
+        rows: t.rows,
+        root: t.root,
         created: false,
-        term: read_meta(conn, &tables, "term").map_err(|e| corrupt(path, e))?,
-        promised_term: read_meta(conn, &tables, "promised_term").map_err(|e| corrupt(path, e))?,
-        log_seq: read_meta(conn, &tables, LOG_SEQ).map_err(|e| corrupt(path, e))?,
+        term,
+        promised_term,
+        log_seq,
     }))
 }
 

@@ -7,6 +7,18 @@ use libqb_sys as qb;
 /// `PVE::IPCC`'s message size (`MAX_MSG_SIZE`).
 pub const MAX_MSG: usize = 8192 * 128;
 
+/// Size of libqb's response header (`struct qb_ipc_response_header`).
+pub const REPLY_HEADER: usize = 24;
+
+/// Why a request got no reply.
+#[derive(Debug)]
+pub enum Transport {
+    /// libqb failed with this negative errno.
+    Errno(i32),
+    /// The reply does not describe itself.
+    Malformed(String),
+}
+
 /// One connection.
 pub struct IpcClient {
     conn: *mut qb::qb_ipcc_connection_t,
@@ -39,6 +51,23 @@ impl IpcClient {
 
     /// Send `header` and `payload` as given (a header may lie about the size).
     pub fn call_raw(&self, header: &[u8], payload: &[u8]) -> (i32, Vec<u8>) {
+        let mut buf = vec![0u8; MAX_MSG];
+        match self.call_into(header, payload, &mut buf) {
+            Ok((error, body)) => (error, buf[REPLY_HEADER..REPLY_HEADER + body].to_vec()),
+            Err(Transport::Errno(n)) => (n, Vec::new()),
+            Err(Transport::Malformed(why)) => panic!("{why}"),
+        }
+    }
+
+    /// One request with the reply read into `buf` (at least [`MAX_MSG`] bytes, reused
+    /// by a caller that must not pay for a buffer per request): the reply's error and
+    /// the length of its body, which follows the [`REPLY_HEADER`] bytes in `buf`.
+    pub fn call_into(
+        &self,
+        header: &[u8],
+        payload: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(i32, usize), Transport> {
         let iov = [
             qb::iovec {
                 iov_base: header.as_ptr() as *mut _,
@@ -49,8 +78,7 @@ impl IpcClient {
                 iov_len: payload.len(),
             },
         ];
-        let mut buf = vec![0u8; MAX_MSG];
-        // SAFETY: the iovecs point at live buffers; `buf` has MAX_MSG bytes.
+        // SAFETY: the iovecs point at live buffers; `buf` is writable for its length.
         let n = unsafe {
             qb::qb_ipcc_sendv_recv(
                 self.conn,
@@ -62,14 +90,22 @@ impl IpcClient {
             )
         };
         if n < 0 {
-            return (n as i32, Vec::new());
+            return Err(Transport::Errno(n as i32));
         }
         let n = n as usize;
-        assert!(n >= 24, "reply shorter than its header: {n}");
-        let size = i32::from_ne_bytes(buf[8..12].try_into().unwrap()) as usize;
-        let error = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
-        assert_eq!(size, n, "the header's size is the reply's");
-        (error, buf[24..n].to_vec())
+        if n < REPLY_HEADER {
+            return Err(Transport::Malformed(format!(
+                "reply of {n} bytes, shorter than its header"
+            )));
+        }
+        let field = |at: usize| i32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());
+        let (size, error) = (field(8) as usize, field(16));
+        if size != n {
+            return Err(Transport::Malformed(format!(
+                "reply header says {size} bytes, got {n}"
+            )));
+        }
+        Ok((error, n - REPLY_HEADER))
     }
 
     /// Send request `id` and do not wait for the reply.

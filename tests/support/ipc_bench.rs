@@ -14,83 +14,35 @@
 //! transport failure) ends it with exit status 1: a benchmark that measures errors is
 //! not a result. A refused connection exits 3.
 //!
-//! The request loop calls libqb itself with one reply buffer reused for every request:
-//! `IpcClient::call` allocates and zeroes a fresh 1 MiB buffer and copies the body per
-//! call, client-side work that would be counted against the server.
-use std::ffi::CString;
+//! The request loop reuses one reply buffer (`IpcClient::call_into`): `IpcClient::call`
+//! allocates and zeroes a fresh 1 MiB buffer and copies the body per call, client-side
+//! work that would be counted against the server.
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use libqb_sys as qb;
-use pmxfs_e2e::ipc::{z256, IpcClient, MAX_MSG};
+use pmxfs_e2e::ipc::{z256, IpcClient, Transport, MAX_MSG};
 
-/// Size of `struct qb_ipc_response_header` (three aligned(8) int32s).
-const REPLY_HEADER: usize = 24;
-
+/// A connection and the reply buffer it reuses.
 struct Conn {
-    conn: *mut qb::qb_ipcc_connection_t,
+    client: IpcClient,
     buf: Vec<u8>,
 }
 
 impl Conn {
     fn connect(name: &str) -> Result<Conn, i32> {
-        let n = CString::new(name).expect("service name");
-        // SAFETY: a valid C string; libqb returns NULL with errno set on failure.
-        let conn = unsafe { qb::qb_ipcc_connect(n.as_ptr(), MAX_MSG) };
-        if conn.is_null() {
-            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        }
         Ok(Conn {
-            conn,
+            client: IpcClient::connect(name)?,
             buf: vec![0u8; MAX_MSG],
         })
     }
 
     /// One request; `Ok(body length)` or `Err(description)`.
     fn call(&mut self, header: &[u8; 16], payload: &[u8]) -> Result<usize, String> {
-        let iov = [
-            qb::iovec {
-                iov_base: header.as_ptr() as *mut _,
-                iov_len: header.len(),
-            },
-            qb::iovec {
-                iov_base: payload.as_ptr() as *mut _,
-                iov_len: payload.len(),
-            },
-        ];
-        // SAFETY: the iovecs point at live buffers; `buf` has MAX_MSG bytes.
-        let n = unsafe {
-            qb::qb_ipcc_sendv_recv(
-                self.conn,
-                iov.as_ptr(),
-                2,
-                self.buf.as_mut_ptr().cast(),
-                self.buf.len(),
-                10_000,
-            )
-        };
-        if n < 0 {
-            return Err(format!("transport error {n}"));
+        match self.client.call_into(header, payload, &mut self.buf) {
+            Ok((0, body)) => Ok(body),
+            Ok((error, _)) => Err(format!("reply error {error}")),
+            Err(Transport::Errno(n)) => Err(format!("transport error {n}")),
+            Err(Transport::Malformed(why)) => Err(why),
         }
-        let n = n as usize;
-        if n < REPLY_HEADER {
-            return Err(format!("reply of {n} bytes, shorter than its header"));
-        }
-        let field = |at: usize| i32::from_ne_bytes(self.buf[at..at + 4].try_into().unwrap());
-        let (size, error) = (field(8), field(16));
-        if size as usize != n {
-            return Err(format!("reply header says {size} bytes, got {n}"));
-        }
-        if error != 0 {
-            return Err(format!("reply error {error}"));
-        }
-        Ok(n - REPLY_HEADER)
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // SAFETY: connected in `connect`, disconnected once.
-        unsafe { qb::qb_ipcc_disconnect(self.conn) };
     }
 }
 
