@@ -119,13 +119,6 @@ pub struct Report {
     pub messages: usize,
     /// Version of the converged tree.
     pub final_version: u64,
-    /// Acknowledged writes missing from the converged tree that no majority of nodes
-    /// ever held at once (the writer was cut off or crashed right after the
-    /// acknowledgement). pmxcfs has the same window.
-    pub lost_minority_acks: usize,
-    /// Locks two clients held at once because the first one's acknowledgement was never
-    /// held by a majority (the same window as `lost_minority_acks`).
-    pub lost_minority_locks: usize,
 }
 
 impl Report {
@@ -146,8 +139,6 @@ impl Report {
         self.storage_faults += o.storage_faults;
         self.configs += o.configs;
         self.messages += o.messages;
-        self.lost_minority_acks += o.lost_minority_acks;
-        self.lost_minority_locks += o.lost_minority_locks;
     }
 
     /// Requests answered OK of one kind.
@@ -236,7 +227,7 @@ fn core_of(member: Member, disk: &Disk) -> R<Node<Replica>> {
 
 fn describe(body: &Body<Op, Row>) -> String {
     match body {
-        Body::Normal { op } => format!("{op:?}"),
+        Body::Normal { ops, ack } => format!("{ops:?} ack {ack}"),
         Body::State {
             index,
             quorate,
@@ -465,28 +456,14 @@ impl World {
             self.report.stale_locks += 1;
             return Ok(());
         }
-        let mut lost = Vec::new();
         for (cj, other) in self.work.clients.iter().enumerate() {
-            if let Some(&(t2, by)) = other.locks.get(&name) {
+            if let Some(&(t2, _)) = other.locks.get(&name) {
                 if cj != ci && t.saturating_sub(t2) <= LOCK_TIMEOUT {
-                    // The other holder's belief rests on an acknowledgement no majority
-                    // ever held: the window of `lost_minority_acks`, for a lock.
-                    if !self.check.durable(by) {
-                        lost.push(cj);
-                        continue;
-                    }
                     return Err(format!(
                         "lock {name}: c{ci} acquired it at {t} while c{cj} holds it since {t2}"
                     ));
                 }
             }
-        }
-        for cj in lost {
-            self.log(format!(
-                "c{cj} loses lock {name}: its acknowledgement was minority-held"
-            ));
-            self.work.clients[cj].locks.remove(&name);
-            self.report.lost_minority_locks += 1;
         }
         self.work.clients[ci].locks.insert(name, (t, id));
         Ok(())
@@ -651,6 +628,8 @@ impl World {
         self.log(format!("n{} RESTART as pid {}", i + 1, member.pid));
         let now = self.now;
         self.feed(i, Event::Tick { now })?;
+        let n = self.n;
+        self.feed(i, Event::Nodes(n))?;
         self.reconfigure();
         Ok(())
     }
@@ -796,7 +775,7 @@ impl World {
                 ));
             }
         }
-        self.report.lost_minority_acks = self.check.converged()?;
+        self.check.converged()?;
         let db = self.nodes[0]
             .core
             .as_ref()
@@ -833,6 +812,8 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, Failure> {
         let now = w.now;
         for i in 0..w.n {
             w.feed(i, Event::Tick { now })?;
+            let n = w.n;
+            w.feed(i, Event::Nodes(n))?;
         }
         w.reconfigure();
         while w.step < steps {

@@ -2,7 +2,7 @@
 //! so that a pmxcfs-compatible encoding can be added beside it.
 //!
 //! Layout, little-endian: `u8 version, u8 kind, u64 seq, u32 time`, then per kind:
-//! * Normal (0): `u32 len, op[len]`
+//! * Normal (0): `u64 ack, u32 n, n × (u32 len, op[len])`
 //! * SyncStart (1): epoch `u32 counter, u32 nodeid, u32 pid`, `u64 term`
 //! * UpdateComplete (4): epoch
 //! * State (2): epoch, `u8 flags` (bit 0: quorate, bit 1: promised the proposed term;
@@ -12,8 +12,9 @@
 //! * Update (3): epoch, `u32 n, n × (u32 len, entry[len])`
 //! * Promise (5): epoch, `u64 term`
 //!
-//! Format 2 added the SyncStart's term, the State's flags, promised term and term, and
-//! Promise. Format 1
+//! Format 3 put several ops and the sender's acknowledgement in one Normal. Format 2
+//! added the SyncStart's term, the State's flags, promised term and term, and
+//! Promise. Older formats' messages are rejected; format 1
 //! messages are rejected ([`WireError::Version`]) rather than read with guessed terms:
 //! a member that cannot state its term must not take part in a sync.
 //!
@@ -22,7 +23,7 @@
 use crate::core::{Body, DbIndex, Epoch, Message};
 
 /// The format version this module writes and reads.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// State flag: the sender was quorate.
 const FLAG_QUORATE: u8 = 1;
@@ -180,7 +181,13 @@ pub fn encode<C: WireCodec>(msg: &Message<C::Op, C::Entry>) -> Vec<u8> {
     out.extend_from_slice(&msg.seq.to_le_bytes());
     out.extend_from_slice(&msg.time.to_le_bytes());
     match &msg.body {
-        Body::Normal { op } => put_blob(&mut out, |o| C::encode_op(op, o)),
+        Body::Normal { ops, ack } => {
+            out.extend_from_slice(&ack.to_le_bytes());
+            out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+            for op in ops {
+                put_blob(&mut out, |o| C::encode_op(op, o));
+            }
+        }
         Body::UpdateComplete { epoch } => put_epoch(&mut out, epoch),
         Body::SyncStart {
             epoch,
@@ -245,10 +252,15 @@ pub fn decode<C: WireCodec>(buf: &[u8]) -> Result<Message<C::Op, C::Entry>, Wire
     let time = r.u32("time")?;
     let body = match kind {
         0 => {
-            let n = r.count("op length", 1)?;
-            let b = r.take(n, "op")?;
-            let op = C::decode_op(b).map_err(|msg| WireError::Payload { what: "op", msg })?;
-            Body::Normal { op }
+            let ack = r.u64("ack")?;
+            let n = r.count("op count", 4)?;
+            let mut ops = Vec::with_capacity(n);
+            for _ in 0..n {
+                let len = r.count("op length", 1)?;
+                let b = r.take(len, "op")?;
+                ops.push(C::decode_op(b).map_err(|msg| WireError::Payload { what: "op", msg })?);
+            }
+            Body::Normal { ops, ack }
         }
         1 => Body::SyncStart {
             epoch: r.epoch()?,
@@ -353,7 +365,8 @@ mod tests {
         };
         vec![
             body(Body::Normal {
-                op: "mkdir priv/lock/x".into(),
+                ops: vec!["mkdir priv/lock/x".into(), "write a".into()],
+                ack: 17,
             }),
             body(Body::SyncStart {
                 epoch,
@@ -383,6 +396,10 @@ mod tests {
                 promised_proposed_term: false,
                 promised_term: 0,
                 index: DbIndex::default(),
+            }),
+            body(Body::Normal {
+                ops: Vec::new(),
+                ack: 3,
             }),
         ]
     }

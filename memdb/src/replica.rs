@@ -44,7 +44,7 @@ pub fn core_errno(kind: CoreError) -> Errno {
     match kind {
         CoreError::NoQuorum => Errno::EACCES,
         CoreError::Interrupted | CoreError::Overloaded => Errno::EAGAIN,
-        CoreError::Failed => Errno::EIO,
+        CoreError::Failed | CoreError::Unconfirmed => Errno::EIO,
     }
 }
 
@@ -73,6 +73,19 @@ impl Database for Replica {
 
     fn term(&self) -> Term {
         self.tree.read().term()
+    }
+
+    fn version(&self) -> u64 {
+        self.tree.read().root_version().version
+    }
+
+    fn op_size(op: &Op) -> usize {
+        let data = match op {
+            Op::Write { data, .. } => data.len(),
+            Op::Rename { to, .. } => to.len(),
+            _ => 0,
+        };
+        op.path().len() + data + 16
     }
 
     fn entries(&self, inodes: &[u64]) -> Vec<Row> {

@@ -67,7 +67,7 @@ fn main() {
     }
     let errors: Vec<String> = r.errors.iter().map(|(e, n)| format!("{e}={n}")).collect();
     println!(
-        "in {:.1} s: create={} truncate={} release={} stale-locks={} re-sent={} configs={} messages={} acked-but-minority-held lost={} (locks {}); errors: {}",
+        "in {:.1} s: create={} truncate={} release={} stale-locks={} re-sent={} configs={} messages={}; errors: {}",
         t0.elapsed().as_secs_f64(),
         r.ok(Kind::Create),
         r.ok(Kind::Truncate),
@@ -76,8 +76,6 @@ fn main() {
         r.resent,
         r.configs,
         r.messages,
-        r.lost_minority_acks,
-        r.lost_minority_locks,
         errors.join(" ")
     );
     println!(

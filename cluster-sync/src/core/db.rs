@@ -16,6 +16,11 @@ pub enum CoreError {
     Failed,
     /// The node already keeps `MAX_UNANSWERED` requests unanswered (EAGAIN).
     Overloaded,
+    /// The write was applied here, but the configuration changed before a majority
+    /// confirmed holding it, and the next round could not tell whether the tree the
+    /// others went on with contains it (or none came within `RESEND_WINDOW`): it may or
+    /// may not have survived (EIO).
+    Unconfirmed,
 }
 
 /// Why [`Database::apply`] did not apply an op.
@@ -88,6 +93,15 @@ pub trait Database {
     /// The persisted term of the tree, `index().term` without building the index.
     fn term(&self) -> Term {
         self.index().term
+    }
+    /// The tree's version, `index().version` without building the index.
+    fn version(&self) -> u64 {
+        self.index().version
+    }
+    /// What an op weighs in a message ([`crate::core::MAX_BATCH_BYTES`]): its payload
+    /// bytes, roughly.
+    fn op_size(_op: &Self::Op) -> usize {
+        1
     }
 
     /// The highest term this node promised to join (0 if never); persisted.

@@ -27,6 +27,10 @@ pub enum Event<O, E> {
     /// a stale "quorate" would let a member cut off alone accept a term. corosync
     /// queues the notification before the configuration can carry messages.
     Quorum(bool),
+    /// How many nodes the cluster is configured with (corosync's node list): a write
+    /// is answered once a majority of them (and of the configuration) holds it.
+    /// Unknown (0) until fed; then only the configuration's majority counts.
+    Nodes(usize),
     /// A local caller wants `op` applied cluster-wide.
     LocalRequest {
         /// Routes the reply.

@@ -16,10 +16,15 @@ pub struct Message<O, E> {
 /// Message kinds, after pmxcfs's `dfsm_message_t`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body<O, E> {
-    /// A replicated write (pmxcfs NORMAL).
+    /// Replicated writes (pmxcfs NORMAL, one op per message there), applied in order,
+    /// each answered on its own; with no ops, a bare acknowledgement.
     Normal {
-        /// The operation.
-        op: O,
+        /// The operations, in the order their requests were made.
+        ops: Vec<O>,
+        /// How many Normal messages of this configuration the sender had applied when
+        /// it sent this one: its writers' confirmation that those writes are held here
+        /// (DESIGN.md, "Confirmation").
+        ack: u64,
     },
     /// Sent by the lowest member after a membership change: "send your state".
     SyncStart {

@@ -12,6 +12,7 @@
 //! not messages; `round.rs` is the state of one sync round, replaced whole by every
 //! new round; `sync.rs` handles the round's messages; `writes.rs` is the write
 //! pipeline (waiting, in flight, queued, sent again); `leader.rs` picks the leader.
+mod confirm;
 mod db;
 mod event;
 mod leader;
@@ -34,4 +35,6 @@ pub use message::{Body, Message};
 pub use node::{Node, TERMLESS_WAIT};
 pub use round::MAX_SYNC_ENTRIES;
 pub use types::{DbIndex, Digest, Epoch, Member, Mode, NodeId, ReqId, Term};
-pub use writes::{MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW};
+pub use writes::{
+    MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW,
+};

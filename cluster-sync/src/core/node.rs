@@ -6,12 +6,15 @@
 #[cfg(debug_assertions)]
 use std::collections::BTreeMap;
 
+use super::confirm::{Confirm, Pending};
 use super::db::{ApplyError, CoreError, Database};
 use super::event::{Action, Event};
 use super::message::{Body, Message};
 use super::round::Round;
 use super::types::{Epoch, Member, Mode, Term};
-use super::writes::{Delivered, Request, Writes, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED};
+use super::writes::{
+    Delivered, Request, Writes, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW,
+};
 
 pub(super) type Msg<D> = Message<<D as Database>::Op, <D as Database>::Entry>;
 pub(super) type Act<D> = Action<
@@ -50,6 +53,13 @@ pub struct Node<D: Database> {
     pub(super) members: Vec<Member>,
     pub(super) round: Round<D::Entry>,
     pub(super) writes: Writes<D::Op>,
+    /// Own writes applied and waiting for a majority to hold them.
+    confirm: Confirm,
+    /// Nodes the cluster is configured with ([`Event::Nodes`]); 0 if unknown.
+    cluster_nodes: usize,
+    /// The seq of this member's Normal on the wire, if one is: the next waits for it,
+    /// gathering the requests made meanwhile (group commit).
+    wire: Option<u64>,
     pub(super) resync: Resync,
     /// The proposed term this member promised in the current configuration (memory
     /// only: a restarted process conservatively forgets it).
@@ -80,6 +90,9 @@ impl<D: Database> Node<D> {
             members: Vec::new(),
             round: Round::opening(),
             writes: Writes::default(),
+            confirm: Confirm::default(),
+            cluster_nodes: 0,
+            wire: None,
             resync: Resync::default(),
             term_promised_here: None,
             highest_term_seen: 0,
@@ -139,9 +152,31 @@ impl<D: Database> Node<D> {
         &self.members
     }
 
-    /// Requests not answered yet (waiting or on the wire).
+    /// Requests not answered yet (waiting, on the wire, or applied and waiting for
+    /// confirmation).
     pub fn unanswered(&self) -> usize {
-        self.writes.unanswered()
+        self.writes.unanswered() + self.confirm.len()
+    }
+
+    /// How many members must hold a write before its writer is answered: a majority of
+    /// the configuration and of the cluster's nodes, but never more than the
+    /// configuration has (a quorate configuration smaller than a majority of the nodes,
+    /// as corosync's `two_node` allows, has only itself to count on).
+    pub fn need(&self) -> usize {
+        let c = self.members.len();
+        (c / 2 + 1).max(self.cluster_nodes / 2 + 1).min(c)
+    }
+
+    /// Whether this member confirms `writer`'s writes without being asked: it is one
+    /// of the `need - 1` members after the writer, in member order and round the end,
+    /// so each writer has its own confirmers and no message goes out that nobody
+    /// waits for.
+    fn confirms_for(&self, writer: Member) -> bool {
+        let n = self.members.len();
+        let Ok(w) = self.members.binary_search(&writer) else {
+            return false;
+        };
+        (1..self.need()).any(|k| self.members[(w + k) % n] == self.me)
     }
 
     /// Own writes a membership change lost and that were queued to be sent again.
@@ -167,6 +202,11 @@ impl<D: Database> Node<D> {
             Event::LocalRequest { req_id, op } => self.on_request(req_id, op, &mut out),
             Event::ConfChg { members, .. } => self.on_confchg(members, &mut out),
             Event::Deliver { from, msg } => self.on_deliver(from, msg, &mut out),
+            Event::Nodes(n) => self.cluster_nodes = n,
+        }
+        if !matches!(self.mode, Mode::Error | Mode::Start) && self.members.contains(&self.me) {
+            self.answer_confirmed(&mut out);
+            self.pump(&mut out);
         }
         #[cfg(debug_assertions)]
         self.check_invariants(before);
@@ -248,6 +288,46 @@ impl<D: Database> Node<D> {
         tracing::error!(me = %self.me, "{what} failed: {e}");
         self.set_mode(Mode::Error, out);
         Self::fail_requests(self.writes.take_all(), CoreError::Failed, out);
+        Self::fail_pending(self.confirm.take_all(), CoreError::Failed, out);
+    }
+
+    fn fail_pending(ps: Vec<Pending>, kind: CoreError, out: &mut Vec<Act<D>>) {
+        for p in ps {
+            Self::reply(p.req, Err(D::core_error(kind)), out);
+        }
+    }
+
+    /// Answer the own writes a majority now holds.
+    fn answer_confirmed(&mut self, out: &mut Vec<Act<D>>) {
+        let held = self.confirm.held(&self.members, self.me, self.need());
+        for p in self.confirm.confirmed(held) {
+            Self::reply(p.req, Ok(()), out);
+        }
+    }
+
+    /// Send the next Normal if none of this member's is on the wire: the waiting
+    /// requests that fit one (if writes flow), and the acknowledgement of what this
+    /// member applied, or the acknowledgement alone if a writer counts on it.
+    fn pump(&mut self, out: &mut Vec<Act<D>>) {
+        if self.wire.is_some() {
+            return;
+        }
+        let batch = if self.writable() {
+            self.writes.next_batch(D::op_size)
+        } else {
+            Vec::new()
+        };
+        if batch.is_empty() && !self.confirm.ack_due() {
+            return;
+        }
+        let time = batch.first().map_or(self.now, |r| r.time);
+        let ack = self.confirm.tell();
+        let ops = batch.iter().map(|r| r.op.clone()).collect();
+        let seq = self.send_at(Body::Normal { ops, ack }, time, out);
+        self.wire = Some(seq);
+        if !batch.is_empty() {
+            self.writes.sent(seq, batch);
+        }
     }
 
     fn on_quorum(&mut self, q: bool, out: &mut Vec<Act<D>>) {
@@ -274,6 +354,12 @@ impl<D: Database> Node<D> {
     /// member's State said otherwise and no confchg came since.
     fn on_tick(&mut self, now: u32, out: &mut Vec<Act<D>>) {
         self.now = now;
+        let old = self.confirm.expire(now, RESEND_WINDOW);
+        Self::fail_pending(old, CoreError::Unconfirmed, out);
+        if self.round.accepted() && self.members.contains(&self.me) {
+            let held = self.confirm.held(&self.members, self.me, self.need());
+            self.confirm.due_at_tick(held);
+        }
         if self.round.termless() && !self.resync.sent {
             self.expire_termless_waits(out);
         }
@@ -338,30 +424,18 @@ impl<D: Database> Node<D> {
                 op,
                 time: self.now,
             };
-            if self.writable() {
-                self.send_write(r, out);
-            } else {
-                self.writes.wait(r);
-            }
+            // Sent by `pump` once nothing of this member's is on the wire.
+            self.writes.wait(r);
             return;
         };
         Self::reply(req_id, Err(D::core_error(kind)), out);
     }
 
-    /// Send every waiting request, oldest first, if writes flow.
+    /// Send what waits, if writes flow and nothing of ours is on the wire.
     pub(super) fn flush_waiting(&mut self, out: &mut Vec<Act<D>>) {
-        if !self.writable() {
-            return;
+        if self.members.contains(&self.me) {
+            self.pump(out);
         }
-        while let Some(r) = self.writes.next_waiting() {
-            self.send_write(r, out);
-        }
-    }
-
-    /// Multicast a write with the time it was requested.
-    fn send_write(&mut self, r: Request<D::Op>, out: &mut Vec<Act<D>>) {
-        let seq = self.send_at(Body::Normal { op: r.op.clone() }, r.time, out);
-        self.writes.sent(seq, r);
     }
 
     /// Own writes that nobody applied: sent again, or failed if they are too old.
@@ -397,6 +471,10 @@ impl<D: Database> Node<D> {
         // it; this member's writes in it are sent again.
         let own = self.writes.drop_queued(self.me);
         self.requeue(own, out);
+        // Positions and acknowledgements belong to the old configuration; its
+        // unconfirmed writes wait for the verdict of the next round with a term.
+        self.confirm.new_configuration();
+        self.wire = None;
         self.round = Round::opening();
         // This confchg's round carries the current quorum; and a SyncStart sent in the
         // old configuration is never delivered in this one.
@@ -406,6 +484,7 @@ impl<D: Database> Node<D> {
         if !self.members.contains(&self.me) {
             // We left the group: nothing we sent can be delivered any more.
             Self::fail_requests(self.writes.take_all(), CoreError::Interrupted, out);
+            Self::fail_pending(self.confirm.take_all(), CoreError::Unconfirmed, out);
             self.set_mode(Mode::Start, out);
             return;
         }
@@ -433,6 +512,10 @@ impl<D: Database> Node<D> {
             );
         }
         if from == self.me {
+            if self.wire.is_some_and(|w| w <= msg.seq) {
+                // Delivered, or lost if an older one of ours (FIFO per sender).
+                self.wire = None;
+            }
             // FIFO per sender: own writes sent before this one and still on the wire
             // will never arrive.
             let lost = self.writes.lost_before(msg.seq);
@@ -443,15 +526,22 @@ impl<D: Database> Node<D> {
         }
         let Message { seq, time, body } = msg;
         match body {
-            Body::Normal { op } => self.on_normal(
-                Delivered {
-                    from,
-                    seq,
-                    time,
-                    op,
-                },
-                out,
-            ),
+            Body::Normal { ops, ack } => {
+                let pos = self.confirm.delivered();
+                if from != self.me {
+                    self.confirm.ack(from, seq, ack);
+                }
+                self.on_normal(
+                    Delivered {
+                        from,
+                        seq,
+                        time,
+                        ops,
+                        pos,
+                    },
+                    out,
+                )
+            }
             Body::SyncStart {
                 epoch,
                 proposed_term,
@@ -462,17 +552,22 @@ impl<D: Database> Node<D> {
                 promised_proposed_term,
                 promised_term,
                 index,
-            } => self.on_state(
-                from,
-                epoch,
-                super::round::PeerState {
-                    quorate,
-                    promised_proposed_term,
-                    promised_term,
-                    index,
-                },
-                out,
-            ),
+            } => {
+                if self.round.is(epoch) {
+                    self.confirm.state_seen(from, seq);
+                }
+                self.on_state(
+                    from,
+                    epoch,
+                    super::round::PeerState {
+                        quorate,
+                        promised_proposed_term,
+                        promised_term,
+                        index,
+                    },
+                    out,
+                )
+            }
             Body::Promise { epoch, term } => self.on_promise(from, epoch, term, out),
             Body::Update { epoch, entries } => self.on_update(from, epoch, entries, out),
             Body::UpdateComplete { epoch } => self.on_update_complete(from, epoch, out),
@@ -495,14 +590,27 @@ impl<D: Database> Node<D> {
         self.writes.queue(w, own);
     }
 
-    /// The round is over: apply what it queued, in delivery order, then send or fail
-    /// what waits.
-    pub(super) fn after_round(&mut self, out: &mut Vec<Act<D>>) {
+    /// The round is over: decide the writes earlier configurations left unconfirmed,
+    /// apply what it queued, in delivery order, then send or fail what waits. `leader`
+    /// is the term and version of the leader's tree before the round.
+    pub(super) fn after_round(&mut self, leader: (Term, u64), out: &mut Vec<Act<D>>) {
         for w in self.writes.take_queued() {
             self.apply_write(w, out);
             if self.mode == Mode::Error {
                 return;
             }
+        }
+        if self.round.accepted() {
+            // Every member that ends this round holds the leader's tree; they all end
+            // it at the same message, which counts as the next position, and each
+            // acknowledges it at once, so a write the leader's tree contains is
+            // answered once `need` members have installed that tree.
+            let pos = self.confirm.round_ended();
+            let v = self.confirm.verdict(leader.0, leader.1);
+            for p in v.held {
+                self.confirm.wait(pos, p);
+            }
+            Self::fail_pending(v.unknown, CoreError::Unconfirmed, out);
         }
         if self.writable() {
             self.flush_waiting(out);
@@ -515,39 +623,84 @@ impl<D: Database> Node<D> {
         }
     }
 
-    /// Apply one delivered write and answer it if it is this member's.
+    /// Apply one delivered message of writes, op by op; answer this member's refused
+    /// ones at once and keep its applied ones until a majority holds them.
     fn apply_write(&mut self, w: Delivered<D::Op>, out: &mut Vec<Act<D>>) {
-        // Decided by the round, not by this member's quorum flag, so every member
-        // decides alike: without an accepted term nobody applies it.
-        let result = if self.round.accepted() {
-            debug_assert_eq!(
-                self.round.term,
-                Some(self.db.term()),
-                "a write is applied only to the tree of the round's term"
-            );
-            match self.db.apply(&w.op, w.from.nodeid, w.time) {
-                Ok(outcome) => {
-                    out.push(Action::Applied {
-                        op: w.op,
-                        outcome,
-                        writer: w.from.nodeid,
-                        time: w.time,
-                        local: w.from == self.me,
-                    });
-                    Ok(())
-                }
-                Err(ApplyError::Refused(e)) => Err(e),
-                Err(ApplyError::Storage(e)) => {
-                    // The others applied it: this tree no longer follows theirs.
-                    return self.fail("applying a write", &e, out);
+        let own = w.from == self.me;
+        let requests = if own {
+            self.writes.answer(w.seq)
+        } else {
+            Vec::new()
+        };
+        debug_assert!(
+            !own || requests.len() == w.ops.len(),
+            "an own message carries exactly its requests' ops"
+        );
+        let mut requests = requests.into_iter();
+        // Whether the writer waits for a confirmation: every member decides each op
+        // alike, so all know which ops applied.
+        let mut others = false;
+        for op in w.ops {
+            let result = self.apply_op(op, w.from, w.time, out);
+            if self.mode == Mode::Error {
+                return;
+            }
+            others |= !own && result.is_ok();
+            if let Some(r) = requests.next() {
+                match result {
+                    Ok(()) => self.confirm.wait(
+                        w.pos,
+                        Pending {
+                            req: r.req,
+                            time: r.time,
+                            term: self.db.term(),
+                            version: self.db.version(),
+                        },
+                    ),
+                    Err(e) => Self::reply(r.req, Err(e), out),
                 }
             }
-        } else {
-            Err(D::core_error(CoreError::NoQuorum))
-        };
-        if w.from == self.me {
-            if let Some(r) = self.writes.answer(w.seq) {
-                Self::reply(r.req, result, out);
+        }
+        self.confirm.applied(w.pos, others);
+        if others && self.confirms_for(w.from) {
+            self.confirm.owed = true;
+        }
+    }
+
+    /// Apply one op of a delivered message.
+    fn apply_op(
+        &mut self,
+        op: D::Op,
+        from: Member,
+        time: u32,
+        out: &mut Vec<Act<D>>,
+    ) -> Result<(), D::Error> {
+        // Decided by the round, not by this member's quorum flag, so every member
+        // decides alike: without an accepted term nobody applies it.
+        if !self.round.accepted() {
+            return Err(D::core_error(CoreError::NoQuorum));
+        }
+        debug_assert_eq!(
+            self.round.term,
+            Some(self.db.term()),
+            "a write is applied only to the tree of the round's term"
+        );
+        match self.db.apply(&op, from.nodeid, time) {
+            Ok(outcome) => {
+                out.push(Action::Applied {
+                    op,
+                    outcome,
+                    writer: from.nodeid,
+                    time,
+                    local: from == self.me,
+                });
+                Ok(())
+            }
+            Err(ApplyError::Refused(e)) => Err(e),
+            Err(ApplyError::Storage(e)) => {
+                // The others applied it: this tree no longer follows theirs.
+                self.fail("applying a write", &e, out);
+                Err(D::core_error(CoreError::Failed))
             }
         }
     }

@@ -322,6 +322,7 @@ impl<D: Database> Node<D> {
             unreachable!("matched above");
         };
         let epoch = self.round.epoch.expect("a settling round has its epoch");
+        let lead = (leader_index.term, leader_index.version);
         if let Some(t) = self.round.term {
             debug_assert!(
                 t <= self.db.promised_term(),
@@ -362,6 +363,6 @@ impl<D: Database> Node<D> {
         self.round.stage = Stage::Synced {
             accepted: self.round.term.is_some(),
         };
-        self.after_round(out);
+        self.after_round(lead, out);
     }
 }

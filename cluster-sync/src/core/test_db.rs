@@ -472,7 +472,7 @@ impl Database for SimDb {
         match kind {
             CoreError::NoQuorum => SimErr::Access,
             CoreError::Interrupted => SimErr::Again,
-            CoreError::Failed => SimErr::Io,
+            CoreError::Failed | CoreError::Unconfirmed => SimErr::Io,
             CoreError::Overloaded => SimErr::Again,
         }
     }

@@ -30,22 +30,31 @@ pub(super) struct Request<Op> {
     pub time: u32,
 }
 
-/// An own write on the wire, kept whole to send it again if a membership change loses
-/// it.
+/// Requests whose ops go out together in one message at most.
+pub const MAX_BATCH_OPS: usize = 256;
+
+/// Op bytes one message carries at most ([`crate::core::Database::op_size`]); a single
+/// larger op still goes out, alone.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// An own message of writes on the wire, kept whole to send them again if a membership
+/// change loses it.
 #[derive(Debug)]
 struct InFlight<Op> {
-    request: Request<Op>,
+    requests: Vec<Request<Op>>,
     /// Delivered (and queued until the round ends), so CPG can no longer lose it.
     delivered: bool,
 }
 
-/// A write delivered before the round ended, to be applied once it has.
+/// A message of writes delivered before the round ended, to be applied once it has.
 #[derive(Debug)]
 pub(super) struct Delivered<Op> {
     pub from: Member,
     pub seq: u64,
     pub time: u32,
-    pub op: Op,
+    pub ops: Vec<Op>,
+    /// Its position among this configuration's Normals.
+    pub pos: u64,
 }
 
 /// Waiting requests, own writes in flight, and the writes queued by the current round.
@@ -54,6 +63,8 @@ pub(super) struct Writes<Op> {
     waiting: VecDeque<Request<Op>>,
     /// By message seq.
     in_flight: BTreeMap<u64, InFlight<Op>>,
+    /// Requests in `in_flight`.
+    in_flight_requests: usize,
     /// In delivery order.
     queued: Vec<Delivered<Op>>,
     resent: u64,
@@ -64,6 +75,7 @@ impl<Op> Default for Writes<Op> {
         Writes {
             waiting: VecDeque::new(),
             in_flight: BTreeMap::new(),
+            in_flight_requests: 0,
             queued: Vec::new(),
             resent: 0,
         }
@@ -73,7 +85,7 @@ impl<Op> Default for Writes<Op> {
 impl<Op> Writes<Op> {
     /// Requests not answered yet.
     pub fn unanswered(&self) -> usize {
-        self.waiting.len() + self.in_flight.len()
+        self.waiting.len() + self.in_flight_requests
     }
 
     /// Own writes sent again after a membership change lost them.
@@ -90,9 +102,26 @@ impl<Op> Writes<Op> {
         self.waiting.push_back(r);
     }
 
-    /// The oldest waiting request.
-    pub fn next_waiting(&mut self) -> Option<Request<Op>> {
-        self.waiting.pop_front()
+    /// The oldest waiting requests that fit one message: at most [`MAX_BATCH_OPS`], and
+    /// at most [`MAX_BATCH_BYTES`] by `size` unless the first alone is larger, all
+    /// requested in the same second (a message carries one time, its ops' mtime).
+    pub fn next_batch(&mut self, size: impl Fn(&Op) -> usize) -> Vec<Request<Op>> {
+        let mut batch: Vec<Request<Op>> = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(r) = self.waiting.front() {
+            let s = size(&r.op);
+            if let Some(first) = batch.first() {
+                if batch.len() == MAX_BATCH_OPS
+                    || bytes + s > MAX_BATCH_BYTES
+                    || r.time != first.time
+                {
+                    break;
+                }
+            }
+            bytes += s;
+            batch.push(self.waiting.pop_front().expect("checked"));
+        }
+        batch
     }
 
     /// Every waiting request, oldest first.
@@ -110,12 +139,17 @@ impl<Op> Writes<Op> {
         old.into_iter().collect()
     }
 
-    /// `r` went out as message `seq`.
-    pub fn sent(&mut self, seq: u64, r: Request<Op>) {
+    /// `requests` went out as message `seq`, in their order.
+    pub fn sent(&mut self, seq: u64, requests: Vec<Request<Op>>) {
+        debug_assert!(
+            !requests.is_empty(),
+            "a bare acknowledgement is not in flight"
+        );
+        self.in_flight_requests += requests.len();
         let prev = self.in_flight.insert(
             seq,
             InFlight {
-                request: r,
+                requests,
                 delivered: false,
             },
         );
@@ -142,9 +176,16 @@ impl<Op> Writes<Op> {
         std::mem::take(&mut self.queued)
     }
 
-    /// Own message `seq` was delivered and applied (or refused): its request.
-    pub fn answer(&mut self, seq: u64) -> Option<Request<Op>> {
-        self.in_flight.remove(&seq).map(|f| f.request)
+    /// Own message `seq` was delivered and applied (or refused): its requests, in
+    /// the order of its ops.
+    pub fn answer(&mut self, seq: u64) -> Vec<Request<Op>> {
+        let r = self
+            .in_flight
+            .remove(&seq)
+            .map(|f| f.requests)
+            .unwrap_or_default();
+        self.in_flight_requests -= r.len();
+        r
     }
 
     /// Own writes still on the wire that were sent before message `seq`: CPG is FIFO
@@ -167,21 +208,24 @@ impl<Op> Writes<Op> {
             .collect()
     }
 
-    /// Own writes `seqs` (ascending) that nobody applied go back to the front of the
-    /// waiting requests in their original order, with their original time; the ones
-    /// requested more than [`RESEND_WINDOW`] before `now` are returned instead, to be
-    /// failed.
+    /// Own messages `seqs` (ascending) that nobody applied: their requests go back to
+    /// the front of the waiting ones in their original order, with their original
+    /// time; the ones requested more than [`RESEND_WINDOW`] before `now` are returned
+    /// instead, to be failed.
     pub fn requeue(&mut self, seqs: Vec<u64>, now: u32) -> Vec<(u64, Request<Op>)> {
         let mut expired = Vec::new();
         for seq in seqs.into_iter().rev() {
             let Some(f) = self.in_flight.remove(&seq) else {
                 continue;
             };
-            if now.saturating_sub(f.request.time) > RESEND_WINDOW {
-                expired.push((seq, f.request));
-            } else {
-                self.resent += 1;
-                self.waiting.push_front(f.request);
+            self.in_flight_requests -= f.requests.len();
+            for r in f.requests.into_iter().rev() {
+                if now.saturating_sub(r.time) > RESEND_WINDOW {
+                    expired.push((seq, r));
+                } else {
+                    self.resent += 1;
+                    self.waiting.push_front(r);
+                }
             }
         }
         expired
@@ -191,9 +235,10 @@ impl<Op> Writes<Op> {
     /// dropped.
     pub fn take_all(&mut self) -> Vec<Request<Op>> {
         self.queued.clear();
+        self.in_flight_requests = 0;
         let mut all: Vec<Request<Op>> = std::mem::take(&mut self.in_flight)
             .into_values()
-            .map(|f| f.request)
+            .flat_map(|f| f.requests)
             .collect();
         all.extend(self.waiting.drain(..));
         all

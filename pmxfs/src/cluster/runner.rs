@@ -265,7 +265,10 @@ fn cpg_event(
             left,
             joined,
         } => {
-            publish_members(tree, cmap);
+            let nodes = publish_members(tree, cmap);
+            if nodes > 0 {
+                run(node, waiting, Event::Nodes(nodes))?;
+            }
             run(
                 node,
                 waiting,
@@ -312,8 +315,11 @@ fn deliver(
 }
 
 /// Publish the cluster's name and node list for `.members` and `pmxfs status` (who
-/// is online is the kvstore group's part).
-fn publish_members(tree: &Tree, cmap: Option<&Cmap>) {
+/// is online is the kvstore group's part); returns how many nodes it lists, which the
+/// core counts a write's majority in.
+fn publish_members(tree: &Tree, cmap: Option<&Cmap>) -> usize {
     let (name, nodes) = super::nodelist(cmap);
+    let n = nodes.len();
     tree.status.set_nodelist(name, nodes);
+    n
 }
