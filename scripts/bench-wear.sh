@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Write wear of a small file rewritten the way pve-ha-lrm rewrites
-# nodes/<node>/lrm_status (open O_TRUNC, write 1 KiB, close), local mode: the daemon's
-# write_bytes (/proc/PID/io, bytes it sent to the storage layer) per rewrite, counted
-# until every change is folded into config.db (FOLD_AFTER plus a margin after the last
-# rewrite, the same wait for both settings). Compares, in alternating rounds of one
-# run, `--db-fold-after 0` (each change folded into SQLite at once, pmxfs before lazy
-# folding) with the default. Prints every round; asserts nothing.
-#   usage: [ROUNDS=2] scripts/bench-wear.sh [--no-build]
-# pmxcfs 9.1.6 on this VM, same method (issue 14): 8,270 B back to back, 8,278 B at
-# 20 ms, 8,806 B at 0.5 s per rewrite.
+# nodes/<node>/lrm_status (open O_TRUNC, write 1 KiB, close), local mode, at 0.02 s,
+# 0.5 s and 10 s spacing: the bytes the daemon sent to the storage layer per rewrite
+# (its write_bytes, which Linux counts when a page is dirtied), from the first rewrite
+# until the daemon has exited, so that what it folds and checkpoints later, the clean
+# stop included, is counted too. Each case runs on a fresh daemon and database on this
+# machine's disk. With PMXCFS_BIN (pmxcfs 9.1.6, built as the header of
+# scripts/bench-ipc.sh says) pmxcfs runs the same cases in alternating rounds, in
+# private namespaces with its /var/lib/pve-cluster on the same disk (stopped with
+# SIGKILL: it commits every write at once, and 9.1.6 can hang on SIGTERM). Prints every
+# round and the ratio pmxfs/pmxcfs; asserts nothing. Needs root.
+#   usage: [ROUNDS=2] [N10=30] [PMXCFS_BIN=...] scripts/bench-wear.sh [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" != "--no-build" ]; then
@@ -16,66 +18,142 @@ if [ "${1:-}" != "--no-build" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
   cargo build --release -q -p pmxfs
 fi
+PATH=$PATH:/usr/sbin:/sbin
 ROUNDS=${ROUNDS:-2}
+N10=${N10:-30}
 BIN=${PMXFS_BIN:-$PWD/target/release/pmxfs}
-WORK=$(mktemp -d /tmp/pmxfs-wear.XXXXXX)
-PID=
+CFS=${PMXCFS_BIN:-}
+[ -z "$CFS" ] || CFS=$(realpath "$CFS")
+WORK=$(mktemp -d /var/tmp/pmxfs-wear.XXXXXX)
+HOLDER=
 cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+  set +e
+  [ -n "$HOLDER" ] && kill -9 "$HOLDER" 2>/dev/null && wait "$HOLDER" 2>/dev/null
   for m in "$WORK"/*/mnt; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-start() { # start DIR FOLD
-  local d=$1
-  mkdir -p "$d"
-  PMXFS_RUN_DIR=$d/run PMXFS_LOG=warn "$BIN" --local --foreground --nodename wear \
-    --mount "$d/mnt" --db "$d/config.db" --ipc-name "pmxfs-wear-${d##*/}" \
-    --rrd-dir "$d/rrd" --rrdcached "" --pidfile "$d/pid" --restart-flag "$d/flag" \
-    --db-fold-after "$2" >/dev/null 2>"$d/log" &
-  PID=$!
-  for _ in $(seq 200); do [ -e "$d/mnt/.version" ] && return 0; sleep 0.05; done
-  echo "pmxfs did not start: $(cat "$d/log")" >&2; exit 1
-}
-
-stop() {
-  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
-}
-
-written() { awk '/^write_bytes/ {print $2}' "/proc/$PID/io"; }
-
-# rewrite DIR COUNT INTERVAL: bytes written per rewrite, folds included
-rewrite() {
-  local d=$1 n=$2 every=$3 before after
-  mkdir -p "$d/mnt/nodes/wear"
-  before=$(written)
-  python3 - "$d/mnt/nodes/wear/lrm_status" "$n" "$every" <<'PY'
-import os, sys, time
-path, n, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-body = (b'{"mode":"active","results":{},"state":"wait_for_agent_lock","timestamp":%d}' % 0).ljust(1024, b' ')
+# measure.py IMPL DIR COUNT SPACING: start the daemon, rewrite, stop it, print bytes per
+# rewrite (write_bytes at exit, from wait4's rusage, minus write_bytes before the first
+# rewrite).
+cat >"$WORK/measure.py" <<'PY'
+import os, signal, subprocess, sys, time
+impl, d, n, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+if impl == "pmxfs":
+    binary = os.environ["BIN"]
+    os.makedirs(f"{d}/mnt", exist_ok=True)
+    env = dict(os.environ, PMXFS_RUN_DIR=f"{d}/run", PMXFS_LOG="warn")
+    p = subprocess.Popen([binary, "--local", "--foreground", "--nodename", "wear",
+                          "--mount", f"{d}/mnt", "--db", f"{d}/config.db",
+                          "--ipc-name", f"pmxfs-wear-{os.getpid()}", "--rrd-dir", f"{d}/rrd",
+                          "--rrdcached", "", "--pidfile", f"{d}/pid",
+                          "--restart-flag", f"{d}/flag"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "w"))
+    root, stop = f"{d}/mnt", signal.SIGTERM
+else:
+    p = subprocess.Popen([os.environ["CFS"], "-l", "-f"], stdout=subprocess.DEVNULL,
+                         stderr=open(f"{d}/log", "w"))
+    root, stop = "/etc/pve", signal.SIGKILL
+for _ in range(400):
+    if os.path.exists(f"{root}/.version"):
+        break
+    if p.poll() is not None:
+        sys.exit(f"{impl} exited: " + open(f"{d}/log").read())
+    time.sleep(0.05)
+else:
+    sys.exit(f"{impl} did not mount")
+node = "wear" if impl == "pmxfs" else "bench"
+os.makedirs(f"{root}/nodes/{node}", exist_ok=True)
+path = f"{root}/nodes/{node}/lrm_status"
+body = b'{"mode":"active","results":{},"state":"wait_for_agent_lock","timestamp":0}'.ljust(1024, b" ")
+def written():
+    for line in open(f"/proc/{p.pid}/io"):
+        if line.startswith("write_bytes"):
+            return int(line.split()[1])
+time.sleep(1)  # let start-up writes settle before the baseline
+w0 = written()
 for i in range(n):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     os.write(fd, body)
     os.close(fd)
-    if every:
+    if every and i + 1 < n:
         time.sleep(every)
+p.send_signal(stop)
+_, status, ru = os.wait4(p.pid, 0)
+print((ru.ru_oublock * 512 - w0) // n)
 PY
-  sleep 6.5 # FOLD_AFTER (5 s) and a margin: the last fold is counted too
-  after=$(written)
-  echo $(((after - before) / n))
+
+if [ -n "$CFS" ]; then
+  ns_setup() { # inside the new namespaces, then holds them
+    local t=$1 lib=$2
+    mount -t tmpfs tmpfs "$t"
+    mkdir -p "$t/etc/up" "$t/etc/work" "$t/lib/up" "$t/lib/work"
+    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$t/etc/up,workdir=$t/etc/work" /etc
+    mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$t/lib/up,workdir=$t/lib/work" /var/lib
+    mount -t tmpfs tmpfs /run
+    mount -t tmpfs tmpfs /dev/shm
+    mkdir -p /etc/pve /var/lib/pve-cluster /run/pve-cluster
+    # pmxcfs's database on the real disk, as pmxfs's (a tmpfs counts no writes).
+    mount --bind "$lib" /var/lib/pve-cluster
+    printf '127.0.0.1 localhost\n10.99.0.1 bench\n' >/etc/hosts
+    hostname bench
+    ip link set lo up
+    ip addr add 10.99.0.1/32 dev lo
+    : >"$t.ready"
+    exec sleep infinity
+  }
+  mkdir -p "$WORK/ns" "$WORK/cfs-lib"
+  unshare -m -n -u --propagation private -- \
+    bash -c "set -euo pipefail; $(declare -f ns_setup); ns_setup $(printf '%q ' "$WORK/ns" "$WORK/cfs-lib")" \
+    >"$WORK/ns.log" 2>&1 &
+  HOLDER=$!
+  for _ in $(seq 100); do [ -e "$WORK/ns.ready" ] && break; sleep 0.1; done
+  [ -e "$WORK/ns.ready" ] || { cat "$WORK/ns.log"; exit 1; }
+fi
+
+measure() { # measure IMPL ROUND CASE COUNT SPACING
+  local d=$WORK/$1-r$2-$3
+  mkdir -p "$d"
+  if [ "$1" = pmxfs ]; then
+    BIN=$BIN python3 "$WORK/measure.py" pmxfs "$d" "$4" "$5"
+  else
+    nsenter -t "$HOLDER" -m -n -u -- rm -f /var/lib/pve-cluster/config.db /var/lib/pve-cluster/config.db-wal
+    CFS=$CFS nsenter -t "$HOLDER" -m -n -u -- python3 "$WORK/measure.py" pmxcfs "$d" "$4" "$5"
+    nsenter -t "$HOLDER" -m -- umount -l /etc/pve 2>/dev/null || true
+  fi
 }
 
-printf 'write_bytes per 1 KiB rewrite (daemon), %s rounds, alternating\n' "$ROUNDS"
-printf '%-6s %-22s %12s %12s %12s\n' round setting "1000 b2b" "250 @20ms" "20 @0.5s"
+CASES=("250 0.02" "40 0.5" "$N10 10")
+RES=$WORK/results
+: >"$RES"
+printf 'write_bytes per 1 KiB rewrite (daemon, until it exited), %s rounds, alternating\n' "$ROUNDS"
+printf '%-6s %-7s %14s %14s %14s\n' round daemon "250 @0.02s" "40 @0.5s" "$N10 @10s"
 for ((r = 1; r <= ROUNDS; r++)); do
-  for fold in 0 5; do
-    d=$WORK/r$r-f$fold
-    start "$d" "$fold"
-    a=$(rewrite "$d" 1000 0)
-    b=$(rewrite "$d" 250 0.02)
-    c=$(rewrite "$d" 20 0.5)
-    stop
-    printf '%-6s %-22s %12s %12s %12s\n' "$r" "--db-fold-after $fold" "$a B" "$b B" "$c B"
+  order=pmxfs
+  if [ -n "$CFS" ]; then
+    if ((r % 2)); then order="pmxfs pmxcfs"; else order="pmxcfs pmxfs"; fi
+  fi
+  for impl in $order; do
+    line=()
+    for c in 0 1 2; do
+      read -r n every <<<"${CASES[$c]}"
+      b=$(measure "$impl" "$r" "c$c" "$n" "$every")
+      line+=("$b")
+      echo "$impl $c $b" >>"$RES"
+    done
+    printf '%-6s %-7s %12s B %12s B %12s B\n' "$r" "$impl" "${line[@]}"
   done
 done
+if [ -n "$CFS" ]; then
+  python3 - "$RES" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+for c, name in enumerate(["0.02 s", "0.5 s", "10 s"]):
+    f = [int(r[2]) for r in rows if r[0] == "pmxfs" and r[1] == str(c)]
+    p = [int(r[2]) for r in rows if r[0] == "pmxcfs" and r[1] == str(c)]
+    a, b = statistics.median(f), statistics.median(p)
+    print(f"at {name:6}: pmxfs {a:8.0f} B {f}  pmxcfs {b:8.0f} B {p}  ratio {a / b:.2f}x")
+PY
+fi

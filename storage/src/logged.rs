@@ -54,7 +54,7 @@ const LOG_CAP: u64 = 64 << 20;
 /// then costs about one log append per rewrite, not an SQLite commit and a checkpoint
 /// each. It bounds how far `config.db` trails the tree, not any reply; a drain (a large
 /// change, a sync, the clean stop) folds at once.
-pub const FOLD_AFTER: Duration = Duration::from_secs(5);
+pub const FOLD_AFTER: Duration = Duration::from_secs(300);
 /// Changes per SQLite transaction at most; this many waiting are folded at once.
 const MAX_BATCH: usize = 512;
 

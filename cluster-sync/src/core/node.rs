@@ -168,15 +168,19 @@ impl<D: Database> Node<D> {
     }
 
     /// Whether this member confirms `writer`'s writes without being asked: it is one
-    /// of the `need - 1` members after the writer, in member order and round the end,
-    /// so each writer has its own confirmers and no message goes out that nobody
-    /// waits for.
+    /// of the `need - 1` members before the writer, in member order and round the
+    /// start, so each writer has its own confirmers and no message goes out that
+    /// nobody waits for. Before, not after: totem passes its token in node order, so
+    /// the members before the writer get the token last after its write, when their
+    /// daemon has most likely applied it, and the writer gets it right after them
+    /// (bench-cluster.sh: 404 files/s for one writer against 344 with the members
+    /// after it).
     fn confirms_for(&self, writer: Member) -> bool {
         let n = self.members.len();
         let Ok(w) = self.members.binary_search(&writer) else {
             return false;
         };
-        (1..self.need()).any(|k| self.members[(w + k) % n] == self.me)
+        (1..self.need()).any(|k| self.members[(w + n - k) % n] == self.me)
     }
 
     /// Own writes a membership change lost and that were queued to be sent again.

@@ -558,7 +558,8 @@ fn three() -> (Node<SimDb>, Node<SimDb>, Node<SimDb>) {
 }
 
 /// A write is answered once a majority holds it: not at the writer's own delivery,
-/// but when the member after it (its confirmer) says it applied it.
+/// but when the member before it, round the start (its confirmer), says it applied
+/// it.
 #[test]
 fn a_write_is_answered_once_its_confirmer_holds_it() {
     let (mut a, mut b, mut c) = three();
@@ -570,18 +571,18 @@ fn a_write_is_answered_once_its_confirmer_holds_it() {
     cfg.deliver_to(0, None);
     assert_eq!(cfg.nodes[0].db().applied(), &[1]);
     assert!(cfg.replies.is_empty(), "only the writer holds it");
-    // n3 is not n1's confirmer: it applies the write and says nothing.
-    cfg.deliver_to(2, None);
+    // n2 is not n1's confirmer: it applies the write and says nothing.
+    cfg.deliver_to(1, None);
     assert_eq!(
         cfg.log.len(),
         base + 1,
         "no acknowledgement nobody waits for"
     );
-    cfg.deliver_to(1, None);
-    assert_eq!(cfg.log.len(), base + 2, "n2 confirms");
+    cfg.deliver_to(2, None);
+    assert_eq!(cfg.log.len(), base + 2, "n3 confirms");
     assert!(matches!(
         &cfg.log[base + 1],
-        (m, Message { body: Body::Normal { ops, .. }, .. }) if ops.is_empty() && m.nodeid == 2
+        (m, Message { body: Body::Normal { ops, .. }, .. }) if ops.is_empty() && m.nodeid == 3
     ));
     cfg.deliver_to(0, None);
     assert_eq!(cfg.replies, vec![(0, 1, Ok(()))]);
@@ -597,19 +598,19 @@ fn a_silent_confirmer_is_covered_by_the_others_at_the_next_tick() {
     cfg.replies.clear();
     cfg.request(0, 1, write(1, "a/f"));
     cfg.deliver_to(0, None);
-    cfg.deliver_to(2, None);
-    cfg.feed(2, Event::Tick { now: 1001 });
+    cfg.deliver_to(1, None);
+    cfg.feed(1, Event::Tick { now: 1001 });
     cfg.deliver_to(0, None);
     assert!(
         cfg.replies.is_empty(),
-        "applied after n3's last tick: not late yet"
+        "applied after n2's last tick: not late yet"
     );
-    cfg.feed(2, Event::Tick { now: 1002 });
+    cfg.feed(1, Event::Tick { now: 1002 });
     cfg.deliver_to(0, None);
-    assert_eq!(cfg.replies, vec![(0, 1, Ok(()))], "n3 confirmed");
+    assert_eq!(cfg.replies, vec![(0, 1, Ok(()))], "n2 confirmed");
     assert!(
-        cfg.delivered[1] < cfg.log.len(),
-        "n2 never delivered the write"
+        cfg.delivered[2] < cfg.log.len(),
+        "n3, the confirmer, never delivered the write"
     );
 }
 
