@@ -458,3 +458,49 @@ fn pmxfs_does_not_start_beside_a_running_pmxcfs() {
     p = restarted(p);
     assert!(is_mounted(&p.mnt), "starts once pmxcfs is gone");
 }
+
+/// A mount namespace made with private propagation while pmxfs is mounted keeps a copy
+/// of the mount that the daemon's unmount does not reach, so the FUSE session never
+/// ends by itself. The daemon then aborts the connection after a grace time: it stops,
+/// and folds its last change into the database, instead of waiting forever.
+#[test]
+fn a_copy_of_the_mount_in_another_namespace_does_not_hold_the_stop() {
+    let mut p = Pmxfs::start(&[]);
+    std::fs::write(p.p("last.cfg"), "folded at the stop\n").unwrap();
+    // The copy: a process in a new mount namespace, holding it open.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .expect("unshare");
+    let pid = holder.id();
+    let copied = pmxfs_e2e::wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .is_ok_and(|m| m.contains(p.mnt.to_str().unwrap()))
+    });
+    assert!(
+        copied.is_some(),
+        "the new namespace has no copy of the mount"
+    );
+    let t0 = std::time::Instant::now();
+    let clean = p.stop();
+    let took = t0.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(clean, "the daemon did not stop within 10 s\n{}", p.log());
+    assert!(
+        p.log().contains("aborting"),
+        "the stop did not need the abort, so this test proves nothing: {took:?}\n{}",
+        p.log()
+    );
+    let db = p.db.clone();
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT count(*) FROM tree WHERE name = 'last.cfg'")
+        .output()
+        .expect("sqlite3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "the last change is not in the database after the stop"
+    );
+}

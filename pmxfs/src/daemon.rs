@@ -295,6 +295,7 @@ fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
     run_files::set_restart_flag(opts.restart_flag.as_deref());
     tracing::info!("{why}: unmounting {}", mount.display());
     let _ = std::fs::remove_file(&sock);
+    let _abort = AbortLater::arm(&mount, UNMOUNT_GRACE);
     if let Err(e) = mounted.bg.umount_and_join() {
         tracing::debug!("unmount: {e}");
     }
@@ -548,4 +549,48 @@ fn wait_for_stop(
         }
     })?;
     Ok(r)
+}
+
+/// How long the kernel may take to end the FUSE session after the unmount before the
+/// daemon aborts the connection.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
+
+/// Aborts the mount's FUSE connection (fusectl) unless dropped within the grace time.
+/// Unmounting ends the session only once no mount of it is left, and a mount namespace
+/// made with private propagation while the filesystem was mounted (`unshare -m`, say)
+/// keeps a copy that the unmount here does not reach: the daemon would wait for it
+/// forever, and never fold its last changes into the database.
+struct AbortLater {
+    done: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+}
+
+impl AbortLater {
+    fn arm(mount: &Path, grace: Duration) -> Option<AbortLater> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(mount).ok()?.dev();
+        let conn = Path::new("/sys/fs/fuse/connections").join(libc::minor(dev).to_string());
+        let done = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let d = done.clone();
+        std::thread::Builder::new()
+            .name("pmxfs-unmount".into())
+            .spawn(move || {
+                let mut g = d.0.lock();
+                if !*g && d.1.wait_for(&mut g, grace).timed_out() && !*g {
+                    tracing::warn!(
+                        "the FUSE session did not end {grace:?} after the unmount (a copy of the mount in another mount namespace?): aborting {}",
+                        conn.display()
+                    );
+                    let _ = std::fs::write(conn.join("abort"), "1");
+                }
+            })
+            .ok()?;
+        Some(AbortLater { done })
+    }
+}
+
+impl Drop for AbortLater {
+    fn drop(&mut self) {
+        *self.done.0.lock() = true;
+        self.done.1.notify_all();
+    }
 }
