@@ -575,7 +575,11 @@ impl AbortLater {
             .name("pmxfs-unmount".into())
             .spawn(move || {
                 let mut g = d.0.lock();
-                if !*g && d.1.wait_for(&mut g, grace).timed_out() && !*g {
+                if !*g {
+                    // parking_lot's condvar wakes only when notified or timed out.
+                    d.1.wait_for(&mut g, grace);
+                }
+                if !*g {
                     tracing::warn!(
                         "the FUSE session did not end {grace:?} after the unmount (a copy of the mount in another mount namespace?): aborting {}",
                         conn.display()
