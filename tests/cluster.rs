@@ -457,7 +457,7 @@ fn kvstore(c: &Cluster) {
 
 #[test]
 fn three_node_cluster() {
-    let c = Cluster::up(3, "");
+    let c = Cluster::up(3, "--verify-every 2");
     replication(&c);
     // Cluster nodes serve requests on io_uring queues too, their writers on the
     // offload pool (setup.sh enables fuse.enable_uring).
@@ -474,6 +474,21 @@ fn three_node_cluster() {
     assert_eq!(stale, 0, "coherent mode answered stat() stale after a lock");
     partition(&c);
     crash_and_resync(&c);
+    // The periodic tree check ran on every node, through the cuts and crashes above,
+    // and never found two trees.
+    let checked = wait_until(Duration::from_secs(10), || {
+        (1..=3).all(|k| c.status(k)["cluster_messages"]["tree_checks"].as_u64() > Some(0))
+    });
+    assert!(checked.is_some(), "no tree check ran\n{}", c.logs());
+    for k in 1..=3 {
+        let s = c.status(k);
+        assert_eq!(
+            s["cluster_messages"]["tree_check_mismatches"],
+            0,
+            "n{k} failed a tree check\n{}",
+            c.logs()
+        );
+    }
 }
 
 /// The same probe with the legacy behaviour (no invalidation, 5 s attribute cache)

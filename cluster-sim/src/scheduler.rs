@@ -119,11 +119,14 @@ pub struct Report {
     pub messages: usize,
     /// Version of the converged tree.
     pub final_version: u64,
+    /// Tree checks completed (per member).
+    pub tree_checks: usize,
 }
 
 impl Report {
     /// Add another run's figures.
     pub fn add(&mut self, o: &Report) {
+        self.tree_checks += o.tree_checks;
         for (k, v) in &o.acked {
             *self.acked.entry(*k).or_default() += v;
         }
@@ -248,6 +251,10 @@ fn describe(body: &Body<Op, Row>) -> String {
             format!("sync-start proposing term {proposed_term}")
         }
         Body::Promise { term, .. } => format!("promise term {term}"),
+        Body::VerifyRequest { id, .. } => format!("verify-request {id}"),
+        Body::Verify { id, checksum, .. } => {
+            format!("verify {id} {:02x}{:02x}..", checksum[0], checksum[1])
+        }
         b => b.kind().to_string(),
     }
 }
@@ -322,8 +329,20 @@ impl World {
     }
 
     fn feed(&mut self, i: usize, ev: Event<Op, Row>) -> R<()> {
-        let actions = self.nodes[i].core.as_mut().expect("alive").handle(ev);
+        let core = self.nodes[i].core.as_mut().expect("alive");
+        let before = core.verifies().0;
+        let actions = core.handle(ev);
+        let (checks, mismatches) = core.verifies();
+        self.report.tree_checks += (checks - before) as usize;
         self.carry_out(i, actions)?;
+        if mismatches > 0 {
+            // Members synced in one configuration hold one tree: a check that finds
+            // otherwise is a broken protocol, or a check taken at different points.
+            return Err(format!(
+                "n{} failed the tree check ({checks} checks)",
+                i + 1
+            ));
+        }
         if let Some(core) = &self.nodes[i].core {
             let db = core.db().tree().read();
             self.check.tree(i, &db)?;
@@ -594,10 +613,17 @@ impl World {
 
     fn tick(&mut self) -> R<()> {
         self.now += self.rng.range(1, 40) as u32;
+        // The daemon's verify timer, now and then: each check costs messages, that is,
+        // steps the workload would have had.
+        let verify = self.rng.below(8) == 0;
         for i in 0..self.n {
             if self.alive(i) {
                 let now = self.now;
                 self.feed(i, Event::Tick { now })?;
+                // Only the lowest synced member acts on it.
+                if verify && self.alive(i) {
+                    self.feed(i, Event::VerifyNow)?;
+                }
             }
         }
         Ok(())

@@ -11,6 +11,8 @@
 //!   n × (u64 inode, [u8; 32])`
 //! * Update (3): epoch, `u32 n, n × (u32 len, entry[len])`
 //! * Promise (5): epoch, `u64 term`
+//! * VerifyRequest (6): epoch, `u64 id`
+//! * Verify (7): epoch, `u64 id, [u8; 32] checksum`
 //!
 //! Format 3 put several ops and the sender's acknowledgement in one Normal. Format 2
 //! added the SyncStart's term, the State's flags, promised term and term, and
@@ -177,6 +179,8 @@ pub fn encode<C: WireCodec>(msg: &Message<C::Op, C::Entry>) -> Vec<u8> {
         Body::Update { .. } => 3,
         Body::UpdateComplete { .. } => 4,
         Body::Promise { .. } => 5,
+        Body::VerifyRequest { .. } => 6,
+        Body::Verify { .. } => 7,
     });
     out.extend_from_slice(&msg.seq.to_le_bytes());
     out.extend_from_slice(&msg.time.to_le_bytes());
@@ -222,6 +226,19 @@ pub fn encode<C: WireCodec>(msg: &Message<C::Op, C::Entry>) -> Vec<u8> {
                 out.extend_from_slice(&ino.to_le_bytes());
                 out.extend_from_slice(d);
             }
+        }
+        Body::VerifyRequest { epoch, id } => {
+            put_epoch(&mut out, epoch);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        Body::Verify {
+            epoch,
+            id,
+            checksum,
+        } => {
+            put_epoch(&mut out, epoch);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(checksum);
         }
         Body::Update { epoch, entries } => {
             put_epoch(&mut out, epoch);
@@ -315,6 +332,23 @@ pub fn decode<C: WireCodec>(buf: &[u8]) -> Result<Message<C::Op, C::Entry>, Wire
             epoch: r.epoch()?,
             term: r.u64("promise term")?,
         },
+        6 => Body::VerifyRequest {
+            epoch: r.epoch()?,
+            id: r.u64("verify id")?,
+        },
+        7 => {
+            let epoch = r.epoch()?;
+            let id = r.u64("verify id")?;
+            let checksum = r
+                .take(32, "checksum")?
+                .try_into()
+                .expect("take returned 32 bytes");
+            Body::Verify {
+                epoch,
+                id,
+                checksum,
+            }
+        }
         k => return Err(WireError::Kind(k)),
     };
     r.finish()?;
@@ -400,6 +434,12 @@ mod tests {
             body(Body::Normal {
                 ops: Vec::new(),
                 ack: 3,
+            }),
+            body(Body::VerifyRequest { epoch, id: 5 }),
+            body(Body::Verify {
+                epoch,
+                id: 5,
+                checksum: [7; 32],
             }),
         ]
     }

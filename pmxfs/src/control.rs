@@ -135,6 +135,8 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
             "writes_resent": Metrics::get(&m.cluster_resent),
             "quorum_resyncs": Metrics::get(&m.cluster_resyncs),
             "restarts": Metrics::get(&m.cluster_restarts),
+            "tree_checks": Metrics::get(&m.cluster_verifies),
+            "tree_check_mismatches": Metrics::get(&m.cluster_verify_mismatches),
         },
         "ipc": {
             "connections": Metrics::get(&m.ipc_connections),

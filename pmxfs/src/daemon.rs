@@ -77,6 +77,8 @@ pub struct DaemonOpts {
     /// How long changes may gather in the intent log before they are folded into
     /// SQLite (fewer, fuller commits: less wear).
     pub fold_after: Duration,
+    /// How often the cluster checks that every node holds the same tree.
+    pub verify_every: Duration,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -280,7 +282,7 @@ fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
     let fs = Arc::new(PmxFs::new(tree.clone(), policy, www_data_gid()));
     let mounted = mount_fs(opts, &mount, fs)?;
     if !local {
-        join_cluster(&tree, &opts.nodename, created)?;
+        join_cluster(&tree, &opts.nodename, created, opts.verify_every)?;
     }
     // Before the control socket, which is how a supervisor sees the daemon ready.
     let _ipc = crate::ipc::start(&opts.ipc_name, tree.clone(), www_data_gid())
@@ -474,8 +476,16 @@ fn mount_fs(opts: &DaemonOpts, mount: &Path, fs: Arc<PmxFs>) -> Result<Mounted> 
 
 /// Route the kernel's writes through the cluster, and create the node's directories
 /// once the node is quorate.
-fn join_cluster(tree: &Arc<Tree>, nodename: &str, created: bool) -> Result<()> {
-    tree.set_replicator(Box::new(crate::cluster::runner::start(tree.clone())?));
+fn join_cluster(
+    tree: &Arc<Tree>,
+    nodename: &str,
+    created: bool,
+    verify_every: Duration,
+) -> Result<()> {
+    tree.set_replicator(Box::new(crate::cluster::runner::start(
+        tree.clone(),
+        verify_every,
+    )?));
     let kv = crate::cluster::kvstore::start(tree.clone(), nodename.to_string())?;
     tree.set_broadcast(Box::new(kv));
     if !created {

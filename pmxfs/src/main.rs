@@ -182,6 +182,11 @@ struct DaemonArgs {
     /// config.db trails the tree by at most this much (pmxfs itself reads the tree).
     #[arg(long, default_value_t = storage::logged::FOLD_AFTER.as_secs_f64())]
     db_fold_after: f64,
+    /// In cluster mode, how often (seconds) the lowest node asks every node to
+    /// checksum its tree at the same point of the message order; a node whose tree
+    /// differs resyncs (pmxcfs: every 3,600 s).
+    #[arg(long, default_value_t = 600.0)]
+    verify_every: f64,
     /// Accept the control socket's test hooks: operations injected as if from another
     /// node, and moving the daemon's clock forward.
     #[arg(long, hide = true)]
@@ -335,6 +340,7 @@ fn run_daemon(a: DaemonArgs, journal: bool) -> Result<()> {
         rrd_dir: a.rrd_dir,
         rrdcached: a.rrdcached,
         fold_after: secs(a.db_fold_after)?,
+        verify_every: secs(a.verify_every)?.max(std::time::Duration::from_millis(100)),
     };
     daemon::run(opts)
 }

@@ -67,7 +67,7 @@ fn main() {
     }
     let errors: Vec<String> = r.errors.iter().map(|(e, n)| format!("{e}={n}")).collect();
     println!(
-        "in {:.1} s: create={} truncate={} release={} stale-locks={} re-sent={} configs={} messages={}; errors: {}",
+        "in {:.1} s: create={} truncate={} release={} stale-locks={} re-sent={} configs={} messages={} tree-checks={}; errors: {}",
         t0.elapsed().as_secs_f64(),
         r.ok(Kind::Create),
         r.ok(Kind::Truncate),
@@ -76,6 +76,7 @@ fn main() {
         r.resent,
         r.configs,
         r.messages,
+        r.tree_checks,
         errors.join(" ")
     );
     println!(

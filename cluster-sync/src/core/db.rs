@@ -98,6 +98,21 @@ pub trait Database {
     fn version(&self) -> u64 {
         self.index().version
     }
+    /// A checksum of the tree's content (not its term label): equal on members that
+    /// hold the same tree. By default SHA-256 over the index's version, mtime and
+    /// per-entry digests.
+    fn checksum(&self) -> super::types::Digest {
+        use sha2::Digest as _;
+        let ix = self.index();
+        let mut h = sha2::Sha256::new();
+        h.update(ix.version.to_le_bytes());
+        h.update(ix.mtime.to_le_bytes());
+        for (ino, d) in &ix.entries {
+            h.update(ino.to_le_bytes());
+            h.update(d);
+        }
+        h.finalize().into()
+    }
     /// What an op weighs in a message ([`crate::core::MAX_BATCH_BYTES`]): its payload
     /// bytes, roughly.
     fn op_size(_op: &Self::Op) -> usize {

@@ -31,6 +31,9 @@ pub enum Event<O, E> {
     /// is answered once a majority of them (and of the configuration) holds it.
     /// Unknown (0) until fed; then only the configuration's majority counts.
     Nodes(usize),
+    /// Time for a cross-node check of the trees (the adapter's timer): the lowest
+    /// member of a synced configuration asks every member to checksum its tree.
+    VerifyNow,
     /// A local caller wants `op` applied cluster-wide.
     LocalRequest {
         /// Routes the reply.

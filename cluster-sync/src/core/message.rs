@@ -1,5 +1,5 @@
 //! Protocol messages, independent of their byte encoding (see `crate::wire`).
-use super::types::{DbIndex, Epoch, Term};
+use super::types::{DbIndex, Digest, Epoch, Term};
 
 /// One multicast message with the header every message carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +74,24 @@ pub enum Body<O, E> {
         /// The round.
         epoch: Epoch,
     },
+    /// The lowest member asks everyone to checksum its tree here, at this point of the
+    /// message order (pmxcfs VERIFY_REQUEST).
+    VerifyRequest {
+        /// The round the check belongs to.
+        epoch: Epoch,
+        /// Names this check.
+        id: u64,
+    },
+    /// The requester's checksum at its request (pmxcfs VERIFY): a member whose own
+    /// differs holds another tree than the requester, and resyncs.
+    Verify {
+        /// The round the check belongs to.
+        epoch: Epoch,
+        /// The check.
+        id: u64,
+        /// [`crate::core::Database::checksum`] of the requester's tree.
+        checksum: Digest,
+    },
 }
 
 impl<O, E> Body<O, E> {
@@ -86,6 +104,8 @@ impl<O, E> Body<O, E> {
             Body::Promise { .. } => "promise",
             Body::Update { .. } => "update",
             Body::UpdateComplete { .. } => "update-complete",
+            Body::VerifyRequest { .. } => "verify-request",
+            Body::Verify { .. } => "verify",
         }
     }
 }

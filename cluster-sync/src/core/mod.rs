@@ -21,6 +21,7 @@ mod node;
 mod round;
 mod sync;
 mod types;
+mod verify;
 mod writes;
 
 #[cfg(test)]

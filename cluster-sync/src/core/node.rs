@@ -70,6 +70,8 @@ pub struct Node<D: Database> {
     /// Rounds this member started because it gained quorum after its State said
     /// otherwise.
     resyncs: u64,
+    /// Cross-node checks of the trees (`verify.rs`).
+    pub(super) verify: super::verify::Verifier,
     /// The last message seq delivered from each member in this configuration: CPG
     /// delivers a sender's messages in the order it sent them.
     #[cfg(debug_assertions)]
@@ -97,6 +99,7 @@ impl<D: Database> Node<D> {
             term_promised_here: None,
             highest_term_seen: 0,
             resyncs: 0,
+            verify: Default::default(),
             #[cfg(debug_assertions)]
             last_seq: BTreeMap::new(),
         }
@@ -183,6 +186,12 @@ impl<D: Database> Node<D> {
         (1..self.need()).any(|k| self.members[(w + n - k) % n] == self.me)
     }
 
+    /// Cross-node checks this member took part in, and how many found its tree
+    /// differing from the lowest member's.
+    pub fn verifies(&self) -> (u64, u64) {
+        (self.verify.checks, self.verify.mismatches)
+    }
+
     /// Own writes a membership change lost and that were queued to be sent again.
     pub fn resent(&self) -> u64 {
         self.writes.resent()
@@ -207,6 +216,7 @@ impl<D: Database> Node<D> {
             Event::ConfChg { members, .. } => self.on_confchg(members, &mut out),
             Event::Deliver { from, msg } => self.on_deliver(from, msg, &mut out),
             Event::Nodes(n) => self.cluster_nodes = n,
+            Event::VerifyNow => self.verify_now(&mut out),
         }
         if !matches!(self.mode, Mode::Error | Mode::Start) && self.members.contains(&self.me) {
             self.answer_confirmed(&mut out);
@@ -479,6 +489,7 @@ impl<D: Database> Node<D> {
         // unconfirmed writes wait for the verdict of the next round with a term.
         self.confirm.new_configuration();
         self.wire = None;
+        self.verify.pending = None;
         self.round = Round::opening();
         // This confchg's round carries the current quorum; and a SyncStart sent in the
         // old configuration is never delivered in this one.
@@ -575,6 +586,12 @@ impl<D: Database> Node<D> {
             Body::Promise { epoch, term } => self.on_promise(from, epoch, term, out),
             Body::Update { epoch, entries } => self.on_update(from, epoch, entries, out),
             Body::UpdateComplete { epoch } => self.on_update_complete(from, epoch, out),
+            Body::VerifyRequest { epoch, id } => self.on_verify_request(from, epoch, id, out),
+            Body::Verify {
+                epoch,
+                id,
+                checksum,
+            } => self.on_verify(from, epoch, id, checksum, out),
         }
     }
 

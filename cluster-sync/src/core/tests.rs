@@ -674,3 +674,46 @@ fn a_write_confirmed_by_the_next_round_waits_for_its_members_to_install_it() {
     assert!(cfg.nodes[1].db().read("a/f").is_some());
     assert!(cfg.nodes[1].db().index().term > t);
 }
+
+/// Trees that diverged behind the protocol's back (here: a different op applied
+/// directly to n2's database than to the others') are found by the periodic check:
+/// n2's checksum differs from the requester's, so n2 stops, and once it joins again
+/// the resync gives it the others' tree. Equal trees pass the check untouched.
+#[test]
+fn a_tree_that_diverged_is_found_by_the_check_and_resynced() {
+    let (mut a, mut b, mut c) = three();
+    {
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        cfg.settle();
+        cfg.feed(0, Event::VerifyNow);
+        cfg.settle();
+        assert!(cfg.nodes.iter().all(|n| n.verifies() == (1, 0)));
+        assert!(cfg.nodes.iter().all(|n| n.mode() == Mode::Synced));
+        // Same version everywhere, different content on n2.
+        for (k, n) in cfg.nodes.iter_mut().enumerate() {
+            let op = if k == 1 {
+                write(98, "a/rogue")
+            } else {
+                write(99, "a/right")
+            };
+            n.db.apply(&op, 1, 5).unwrap();
+        }
+        cfg.feed(0, Event::VerifyNow);
+        cfg.settle();
+        assert_eq!(cfg.nodes[1].mode(), Mode::Error, "n2 stopped");
+        assert_eq!(cfg.nodes[1].verifies(), (2, 1));
+        assert_eq!(cfg.nodes[2].verifies(), (2, 0));
+        assert_eq!(cfg.nodes[0].mode(), Mode::Synced);
+    }
+    // The adapter joins n2 again as a new member.
+    let mut b = restart(b, 1100);
+    b.handle(Event::Nodes(3));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    cfg.settle();
+    let want = cfg.nodes[0].db().index();
+    for n in &cfg.nodes {
+        assert_eq!(n.mode(), Mode::Synced);
+        assert!(n.db().index().same_content(&want));
+        assert!(n.db().read("a/right").is_some() && n.db().read("a/rogue").is_none());
+    }
+}

@@ -58,8 +58,9 @@ impl AsRawFd for Fd {
     }
 }
 
-/// Start the cluster thread; returns the replicator for [`Tree::set_replicator`].
-pub fn start(tree: Arc<Tree>) -> Result<ClusterReplicator> {
+/// Start the cluster thread, which checks the tree against the other nodes' every
+/// `verify_every`; returns the replicator for [`Tree::set_replicator`].
+pub fn start(tree: Arc<Tree>, verify_every: Duration) -> Result<ClusterReplicator> {
     let (tx, rx) = channel(REQUEST_QUEUE);
     std::thread::Builder::new()
         .name("pmxfs-cluster".into())
@@ -68,14 +69,14 @@ pub fn start(tree: Arc<Tree>) -> Result<ClusterReplicator> {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(supervise(tree, rx));
+            rt.block_on(supervise(tree, rx, verify_every));
         })?;
     Ok(ClusterReplicator { tx })
 }
 
-async fn supervise(tree: Arc<Tree>, mut rx: Receiver<Request>) {
+async fn supervise(tree: Arc<Tree>, mut rx: Receiver<Request>, verify_every: Duration) {
     loop {
-        match session(&tree, &mut rx).await {
+        match session(&tree, &mut rx, verify_every).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::error!("cluster connection lost: {e:#}; read-only until it is back");
@@ -101,7 +102,11 @@ fn member(a: &CpgAddress) -> Member {
     Member::new(a.nodeid, a.pid)
 }
 
-async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Request>) -> Result<()> {
+async fn session(
+    tree: &Arc<Tree>,
+    rx: &mut Receiver<Request>,
+    verify_every: Duration,
+) -> Result<()> {
     let cpg = Cpg::initialize().context("cpg_initialize")?;
     let quorum = Quorum::initialize().context("quorum_initialize")?;
     let cmap = Cmap::initialize().ok();
@@ -122,8 +127,13 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Request>) -> Result<()> {
     let mut next_req = 0u64;
     let m = &tree.metrics;
     let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
-        let (resent, resyncs) = (node.resent(), node.resyncs());
+        let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
         let actions = node.handle(ev);
+        let v = node.verifies();
+        m.cluster_verifies
+            .fetch_add(v.0 - verifies.0, Ordering::Relaxed);
+        m.cluster_verify_mismatches
+            .fetch_add(v.1 - verifies.1, Ordering::Relaxed);
         m.cluster_resent
             .fetch_add(node.resent() - resent, Ordering::Relaxed);
         m.cluster_resyncs
@@ -180,6 +190,8 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Request>) -> Result<()> {
     )?;
     run(&mut node, &mut waiting, Event::Quorum(q))?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut verify =
+        tokio::time::interval_at(tokio::time::Instant::now() + verify_every, verify_every);
     loop {
         tokio::select! {
             g = cpg_fd.readable() => {
@@ -201,6 +213,9 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Request>) -> Result<()> {
                 next_req += 1;
                 waiting.insert(next_req, reply);
                 run(&mut node, &mut waiting, Event::LocalRequest { req_id: next_req, op })?;
+            }
+            _ = verify.tick() => {
+                run(&mut node, &mut waiting, Event::VerifyNow)?;
             }
             _ = tick.tick() => {
                 // Also drains anything an edge-triggered wakeup might have left behind.

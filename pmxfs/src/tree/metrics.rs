@@ -23,6 +23,10 @@ pub struct Metrics {
     pub cluster_resent: AtomicU64,
     /// Sync rounds restarted because quorum was known only after this node's State.
     pub cluster_resyncs: AtomicU64,
+    /// Cross-node checks of the tree this node took part in.
+    pub cluster_verifies: AtomicU64,
+    /// Checks that found this node's tree differing (each one resynced it).
+    pub cluster_verify_mismatches: AtomicU64,
     /// Times the cluster core stopped (a storage failure) and was restarted.
     pub cluster_restarts: AtomicU64,
     /// IPC connections accepted.
