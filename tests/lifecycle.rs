@@ -216,7 +216,8 @@ fn sighup_does_not_stop_the_daemon() {
 
 #[test]
 fn status_reports_the_node() {
-    let fs = Pmxfs::start(&[]);
+    // Folded a second after the change, not the default five minutes.
+    let fs = Pmxfs::start(&["--db-fold-after", "1"]);
     fs::write(fs.p("x"), b"12345").unwrap();
     let out = Command::new(pmxfs_e2e::bin("pmxfs"))
         .args(["status", "--json", "--mount"])
@@ -234,7 +235,7 @@ fn status_reports_the_node() {
     assert_eq!(v["inodes"], 10);
     assert!(v["db_backlog"]["pending"].is_u64(), "{v}");
     assert!(v["db_backlog"]["failing"].is_null(), "{v}");
-    // the background applier empties the queue
+    // the background applier empties the queue once the change waited --db-fold-after
     assert!(
         pmxfs_e2e::wait_until(std::time::Duration::from_secs(5), || fs.status()
             ["db_backlog"]["pending"]

@@ -473,9 +473,12 @@ fn a_copy_of_the_mount_in_another_namespace_does_not_hold_the_stop() {
         .spawn()
         .expect("unshare");
     let pid = holder.id();
+    // Until `unshare` has made its namespace, its mountinfo is ours.
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     let copied = pmxfs_e2e::wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-            .is_ok_and(|m| m.contains(p.mnt.to_str().unwrap()))
+        std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|ns| ns != ours)
+            && std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                .is_ok_and(|m| m.contains(p.mnt.to_str().unwrap()))
     });
     assert!(
         copied.is_some(),
