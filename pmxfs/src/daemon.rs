@@ -576,9 +576,7 @@ struct AbortLater {
 
 impl AbortLater {
     fn arm(mount: &Path, grace: Duration) -> Option<AbortLater> {
-        use std::os::unix::fs::MetadataExt;
-        let dev = std::fs::metadata(mount).ok()?.dev();
-        let conn = Path::new("/sys/fs/fuse/connections").join(libc::minor(dev).to_string());
+        let conn = Path::new("/sys/fs/fuse/connections").join(fuse_connection(mount)?.to_string());
         let done = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
         let d = done.clone();
         std::thread::Builder::new()
@@ -607,4 +605,26 @@ impl Drop for AbortLater {
         *self.done.0.lock() = true;
         self.done.1.notify_all();
     }
+}
+
+/// The FUSE connection number of the filesystem mounted at `mount` (the minor of its
+/// device), from /proc/self/mountinfo: a stat of the mount point would be a FUSE
+/// request, and the daemon may be stopping because it can no longer answer them.
+fn fuse_connection(mount: &Path) -> Option<u32> {
+    // The kernel lists the resolved path; resolving the parent touches no FUSE inode.
+    let resolved = match (mount.parent(), mount.file_name()) {
+        (Some(p), Some(n)) => std::fs::canonicalize(p).ok()?.join(n),
+        _ => mount.to_path_buf(),
+    };
+    let want = resolved.to_str()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        // mountinfo escapes spaces and backslashes in paths as octal.
+        let point = f.get(4)?.replace("\\040", " ").replace("\\134", "\\");
+        if point != want {
+            return None;
+        }
+        f.get(2)?.split_once(':')?.1.parse().ok()
+    })
 }
