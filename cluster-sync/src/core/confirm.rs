@@ -123,10 +123,13 @@ impl Confirm {
         if self.state_seqs.get(&from).is_none_or(|s| seq <= *s) {
             return;
         }
-        debug_assert!(
-            ack <= self.delivered,
-            "nobody applied what is not delivered"
-        );
+        if ack > self.delivered {
+            // A peer cannot have applied what CPG has not delivered here yet (it sent
+            // this after applying them, and agreed order delivers them first): a
+            // broken or forged ack, which must confirm nothing.
+            tracing::warn!(%from, ack, delivered = self.delivered, "acknowledgement beyond the delivered messages dropped");
+            return;
+        }
         let a = self.acks.entry(from).or_default();
         *a = (*a).max(ack);
     }
@@ -159,6 +162,11 @@ impl Confirm {
             "own writes are applied in position order"
         );
         self.confirming.push_back((pos, p));
+    }
+
+    /// Whether own writes wait for confirmation in this configuration.
+    pub fn confirming(&self) -> bool {
+        !self.confirming.is_empty()
     }
 
     /// Own writes at or below `held`, now confirmed.
@@ -264,6 +272,21 @@ mod tests {
         assert_eq!(k.held(&ms, a, 2), 1);
         assert_eq!(k.held(&ms, a, 3), 0, "b has not confirmed");
         assert_eq!(k.confirmed(1), vec![p(7, 10)]);
+    }
+
+    #[test]
+    fn an_ack_beyond_the_delivered_messages_confirms_nothing() {
+        let (a, c) = (Member::new(1, 1), Member::new(3, 3));
+        let mut k = Confirm::default();
+        k.state_seen(c, 1);
+        let pos = k.delivered();
+        k.applied(pos, false);
+        k.wait(pos, p(7, 10));
+        k.ack(c, 2, 1_000);
+        assert_eq!(k.held(&[a, c], a, 2), 0, "the forged ack counted");
+        assert!(k.confirmed(k.held(&[a, c], a, 2)).is_empty());
+        k.ack(c, 3, 1);
+        assert_eq!(k.confirmed(k.held(&[a, c], a, 2)), vec![p(7, 10)]);
     }
 
     #[test]

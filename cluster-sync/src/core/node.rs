@@ -313,6 +313,9 @@ impl<D: Database> Node<D> {
 
     /// Answer the own writes a majority now holds.
     fn answer_confirmed(&mut self, out: &mut Vec<Act<D>>) {
+        if !self.confirm.confirming() {
+            return;
+        }
         let held = self.confirm.held(&self.members, self.me, self.need());
         for p in self.confirm.confirmed(held) {
             Self::reply(p.req, Ok(()), out);
