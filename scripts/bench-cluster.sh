@@ -29,6 +29,8 @@
 # usage: [ROUNDS=3] [FILES=1000] [PMXCFS_BIN=...] scripts/bench-cluster.sh [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/pmxcfs-ns.sh
+. scripts/pmxcfs-ns.sh
 if [ "${1:-}" != "--no-build" ]; then
   bash scripts/setup.sh >/dev/null
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -76,28 +78,9 @@ poll() { # poll SECS CMD...: every 0.1 s until CMD succeeds
 }
 
 if [ -n "$CFS" ]; then
-  ns_setup() { # inside the new namespaces; then holds them
-    local t=$1 conf=$2 name=$3
-    mount -t tmpfs tmpfs "$t"
-    mkdir -p "$t/etc/up" "$t/etc/work" "$t/lib/up" "$t/lib/work"
-    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$t/etc/up,workdir=$t/etc/work" /etc
-    mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$t/lib/up,workdir=$t/lib/work" /var/lib
-    mount -t tmpfs tmpfs /run
-    rm -rf /etc/pve /var/lib/pve-cluster /var/lib/rrdcached
-    mkdir -p /etc/pve /etc/corosync /var/lib/pve-cluster /var/lib/rrdcached/db /run/pve-cluster
-    cp "$conf" /etc/corosync/corosync.conf
-    printf '127.0.0.1 localhost\n10.77.0.1 n1\n10.77.0.2 n2\n10.77.0.3 n3\n' >/etc/hosts
-    hostname "$name"
-    : >"$t.ready"
-    exec sleep infinity
-  }
   for k in 1 2 3; do
-    mkdir -p "$WORK/ns$k"
-    nsenter --net="/run/netns/pmx$k" -- unshare -m -u --propagation private -- bash -c \
-      "set -euo pipefail; $(declare -f ns_setup); ns_setup $(printf '%q ' "$WORK/ns$k" "$DIR/n$k/corosync.conf" "n$k")" \
-      >"$WORK/ns$k.log" 2>&1 </dev/null &
-    HOLDER[$k]=$!
-    poll 10 test -e "$WORK/ns$k.ready" || { cat "$WORK/ns$k.log"; exit 1; }
+    pmxcfs_ns "$WORK/ns$k" "n$k" "pmx$k" "$DIR/n$k/corosync.conf" || exit 1
+    HOLDER[$k]=$PMXCFS_HOLDER
   done
 fi
 

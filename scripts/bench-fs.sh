@@ -9,6 +9,8 @@
 # usage: [ROUNDS=5] [PMXCFS_BIN=...] scripts/bench-fs.sh [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/pmxcfs-ns.sh
+. scripts/pmxcfs-ns.sh
 if [ "${1:-}" != "--no-build" ]; then
   bash scripts/setup.sh >/dev/null
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -29,33 +31,12 @@ HOLDER='' CFS_PID=''
 CFS=${PMXCFS_BIN:-}
 if [ -n "$CFS" ]; then
   CFS=$(realpath "$CFS")
-  ns_setup() { # inside the new namespaces, then holds them
-    local t=$1
-    mount -t tmpfs tmpfs "$t"
-    mkdir -p "$t/etc/up" "$t/etc/work" "$t/lib/up" "$t/lib/work"
-    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$t/etc/up,workdir=$t/etc/work" /etc
-    mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$t/lib/up,workdir=$t/lib/work" /var/lib
-    mount -t tmpfs tmpfs /run
-    mount -t tmpfs tmpfs /dev/shm
-    mkdir -p /etc/pve /var/lib/pve-cluster /run/pve-cluster
-    # Its database on the same disk as pmxfs's, not on the overlay's tmpfs.
-    mount --bind "$t.lib" /var/lib/pve-cluster
-    printf '127.0.0.1 localhost\n10.99.0.1 bench\n' >/etc/hosts
-    hostname bench
-    ip link set lo up
-    ip addr add 10.99.0.1/32 dev lo
-    : >"$t.ready"
-    exec sleep infinity
-  }
   # Made before any pmxfs mount exists: a new mount namespace copies the live mounts.
-  mkdir -p "$WORK/ns" "$WORK/ns.lib"
-  unshare -m -n -u --propagation private -- \
-    bash -c "set -euo pipefail; $(declare -f ns_setup); ns_setup $(printf '%q ' "$WORK/ns")" \
-    >"$WORK/ns.log" 2>&1 &
-  HOLDER=$!
+  # pmxcfs's database on the same disk as pmxfs's.
+  mkdir -p "$WORK/ns.lib"
+  pmxcfs_ns "$WORK/ns" bench "" "" "$WORK/ns.lib" || exit 1
+  HOLDER=$PMXCFS_HOLDER
   PIDS+=("$HOLDER")
-  for _ in $(seq 100); do [ -e "$WORK/ns.ready" ] && break; sleep 0.1; done
-  [ -e "$WORK/ns.ready" ] || { cat "$WORK/ns.log"; exit 1; }
 fi
 
 STARTED=

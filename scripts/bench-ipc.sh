@@ -30,6 +30,8 @@
 # usage: [ROUNDS=3] [SECS=3] [PMXCFS_BIN=...] scripts/bench-ipc.sh [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/pmxcfs-ns.sh
+. scripts/pmxcfs-ns.sh
 if [ "${1:-}" != "--no-build" ]; then
   bash scripts/setup.sh >/dev/null
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -111,22 +113,6 @@ wait_ipc pmxfs "$FS_PID" || die "pmxfs's IPC server did not answer: $(cat "$d/lo
 SIDES=(pmxfs)
 
 # --- pmxcfs, in private namespaces held open by a `sleep` (the holder)
-ns_setup() { # scratch dir; runs inside the new namespaces, then becomes the holder
-  local t=$1
-  mount -t tmpfs tmpfs "$t"
-  mkdir -p "$t/etc/up" "$t/etc/work" "$t/lib/up" "$t/lib/work"
-  mount -t overlay overlay -o "lowerdir=/etc,upperdir=$t/etc/up,workdir=$t/etc/work" /etc
-  mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$t/lib/up,workdir=$t/lib/work" /var/lib
-  mount -t tmpfs tmpfs /run
-  mount -t tmpfs tmpfs /dev/shm
-  mkdir -p /etc/pve /var/lib/pve-cluster /run/pve-cluster
-  printf '127.0.0.1 localhost\n10.99.0.1 bench\n' >/etc/hosts
-  hostname bench
-  ip link set lo up
-  ip addr add 10.99.0.1/32 dev lo
-  : >"$t.ready"
-  exec sleep infinity
-}
 if [ -z "$CFS" ]; then
   echo "pmxcfs: skipped (PMXCFS_BIN is not set; see this script's header to build it)"
 elif ! [ -f "$CFS" ] || ! [ -x "$CFS" ]; then
@@ -134,17 +120,8 @@ elif ! [ -f "$CFS" ] || ! [ -x "$CFS" ]; then
 else
   CFS=$(realpath "$CFS")
   c=$WORK/pmxcfs
-  mkdir -p "$c/ns"
-  unshare -m -n -u --propagation private -- \
-    bash -c "set -euo pipefail; $(declare -f ns_setup); ns_setup $(printf %q "$c/ns")" \
-    >"$c/ns.log" 2>&1 &
-  HOLDER=$!
-  for _ in $(seq 200); do
-    [ -e "$c/ns.ready" ] && break
-    kill -0 "$HOLDER" 2>/dev/null || break
-    sleep 0.05
-  done
-  [ -e "$c/ns.ready" ] || die "namespace setup failed: $(cat "$c/ns.log")"
+  pmxcfs_ns "$c/ns" bench "" || die "no namespace for pmxcfs"
+  HOLDER=$PMXCFS_HOLDER
   nsenter -t "$HOLDER" -m -n -u -- "$CFS" -l -f >"$c/log" 2>&1 &
   CFS_PID=$!
   for _ in $(seq 400); do

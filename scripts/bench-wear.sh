@@ -13,6 +13,8 @@
 #   usage: [ROUNDS=2] [N10=30] [PMXCFS_BIN=...] scripts/bench-wear.sh [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/pmxcfs-ns.sh
+. scripts/pmxcfs-ns.sh
 if [ "${1:-}" != "--no-build" ]; then
   bash scripts/setup.sh >/dev/null
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -86,31 +88,10 @@ print((ru.ru_oublock * 512 - w0) // n)
 PY
 
 if [ -n "$CFS" ]; then
-  ns_setup() { # inside the new namespaces, then holds them
-    local t=$1 lib=$2
-    mount -t tmpfs tmpfs "$t"
-    mkdir -p "$t/etc/up" "$t/etc/work" "$t/lib/up" "$t/lib/work"
-    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$t/etc/up,workdir=$t/etc/work" /etc
-    mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$t/lib/up,workdir=$t/lib/work" /var/lib
-    mount -t tmpfs tmpfs /run
-    mount -t tmpfs tmpfs /dev/shm
-    mkdir -p /etc/pve /var/lib/pve-cluster /run/pve-cluster
-    # pmxcfs's database on the real disk, as pmxfs's (a tmpfs counts no writes).
-    mount --bind "$lib" /var/lib/pve-cluster
-    printf '127.0.0.1 localhost\n10.99.0.1 bench\n' >/etc/hosts
-    hostname bench
-    ip link set lo up
-    ip addr add 10.99.0.1/32 dev lo
-    : >"$t.ready"
-    exec sleep infinity
-  }
-  mkdir -p "$WORK/ns" "$WORK/cfs-lib"
-  unshare -m -n -u --propagation private -- \
-    bash -c "set -euo pipefail; $(declare -f ns_setup); ns_setup $(printf '%q ' "$WORK/ns" "$WORK/cfs-lib")" \
-    >"$WORK/ns.log" 2>&1 &
-  HOLDER=$!
-  for _ in $(seq 100); do [ -e "$WORK/ns.ready" ] && break; sleep 0.1; done
-  [ -e "$WORK/ns.ready" ] || { cat "$WORK/ns.log"; exit 1; }
+  # pmxcfs's database on the real disk, as pmxfs's (a tmpfs counts no writes).
+  mkdir -p "$WORK/cfs-lib"
+  pmxcfs_ns "$WORK/ns" bench "" "" "$WORK/cfs-lib" || exit 1
+  HOLDER=$PMXCFS_HOLDER
 fi
 
 measure() { # measure IMPL ROUND CASE COUNT SPACING
