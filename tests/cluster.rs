@@ -392,7 +392,15 @@ fn kvstore(c: &Cluster) {
         });
         assert!(got.is_some(), "n{k} never saw n1's status\n{}", c.logs());
     }
-    // Every node published its address, and sees every node online.
+    // Every node published its address, and sees every node online (the node list
+    // comes from cmap, read at membership changes and every second).
+    let listed = |m: &serde_json::Value| {
+        (1..=3).all(|k| {
+            let n = &m["nodelist"][format!("n{k}")];
+            n["online"] == 1 && n["ip"] == format!("10.77.0.{k}")
+        })
+    };
+    wait_until(all, || listed(&members(c, 2)));
     let m = members(c, 2);
     for k in 1..=3 {
         assert_eq!(m["nodelist"][format!("n{k}")]["online"], 1, "{m}");

@@ -179,7 +179,7 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Outgoing>, nodename: &str) 
     tracing::info!(nodeid = me.nodeid, ip = ?ip, "joined the kvstore group");
     let mut group = Group::new(me, ip);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut known = super::nodelist(cmap.as_ref());
+    let mut known = super::nodelist(cmap.as_ref()).unwrap_or_default();
     loop {
         let events = tokio::select! {
             g = fd.readable() => {
@@ -192,7 +192,7 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Outgoing>, nodename: &str) 
             // follows the node list, which a corosync reload changes without any
             // membership change (a node removed from corosync.conf).
             _ = tick.tick() => {
-                let list = super::nodelist(cmap.as_ref());
+                let list = super::nodelist(cmap.as_ref()).unwrap_or_else(|| known.clone());
                 if list != known {
                     tree.kv.lock().set_nodes(list.1.iter().map(|(n, id)| (*id, n.clone())));
                     tree.status.set_nodelist(list.0.clone(), list.1.clone());
@@ -227,7 +227,9 @@ async fn session(tree: &Arc<Tree>, rx: &mut Receiver<Outgoing>, nodename: &str) 
                     group.handle(&mut store, Event::Deliver { from, data: &data }, now)
                 }
                 CpgEvent::ConfChg { members, .. } => {
-                    let nodes = super::nodelist(cmap.as_ref()).1;
+                    let nodes = super::nodelist(cmap.as_ref())
+                        .unwrap_or_else(|| known.clone())
+                        .1;
                     let members: Vec<Member> = members
                         .iter()
                         .map(|a| Member {

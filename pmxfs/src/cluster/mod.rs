@@ -6,15 +6,19 @@ pub mod runner;
 
 use corosync_sys::Cmap;
 
+/// The cluster's name, if cmap has one, and its nodes as (name, node id).
+pub type NodeList = (Option<String>, Vec<(String, u32)>);
+
 /// The cluster's name and its node list (name, id) from cmap; a node without a name
-/// is named by its ring0 address, as corosync.conf allows.
-pub fn nodelist(cmap: Option<&Cmap>) -> (Option<String>, Vec<(String, u32)>) {
-    let Some(c) = cmap else {
-        return (None, Vec::new());
-    };
+/// is named by its ring0 address, as corosync.conf allows. `None` if cmap could not be
+/// read (no connection, or an error such as CS_ERR_TRY_AGAIN while corosync syncs): the
+/// caller keeps the list it has rather than publish an empty one.
+pub fn nodelist(cmap: Option<&Cmap>) -> Option<NodeList> {
+    let c = cmap?;
     let nodes = c
         .nodelist()
-        .unwrap_or_default()
+        .map_err(|e| tracing::debug!("reading the node list from cmap: {e}"))
+        .ok()?
         .into_iter()
         .map(|n| {
             let name = if n.name.is_empty() {
@@ -25,5 +29,5 @@ pub fn nodelist(cmap: Option<&Cmap>) -> (Option<String>, Vec<(String, u32)>) {
             (name, n.nodeid)
         })
         .collect();
-    (c.cluster_name().ok(), nodes)
+    Some((c.cluster_name().ok(), nodes))
 }

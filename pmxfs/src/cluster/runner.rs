@@ -331,9 +331,11 @@ fn deliver(
 
 /// Publish the cluster's name and node list for `.members` and `pmxfs status` (who
 /// is online is the kvstore group's part); returns how many nodes it lists, which the
-/// core counts a write's majority in.
+/// core counts a write's majority in (0, publishing nothing, if cmap could not be read).
 fn publish_members(tree: &Tree, cmap: Option<&Cmap>) -> usize {
-    let (name, nodes) = super::nodelist(cmap);
+    let Some((name, nodes)) = super::nodelist(cmap) else {
+        return 0;
+    };
     let n = nodes.len();
     tree.status.set_nodelist(name, nodes);
     n
