@@ -8,7 +8,8 @@
 #   scripts/cluster.sh exec K CMD...             run CMD in node K's network namespace
 #   scripts/cluster.sh status [DIR]              show nodes, quorum, daemons, mounts
 #   scripts/cluster.sh pmxfs-kill K [DIR]        kill -9 node K's pmxfs and abort its mount
-#   scripts/cluster.sh pmxfs-start K [DIR]       start node K's pmxfs again (same binary/args)
+#   scripts/cluster.sh pmxfs-start K [DIR]       start node K's pmxfs again (same binary/args,
+#                                                or PMXFS_START_ARGS instead of the args)
 #   scripts/cluster.sh pmxfs-stop K [DIR]        stop node K's pmxfs (SIGTERM, clean)
 #   scripts/cluster.sh corosync-stop K [DIR]     stop node K's corosync (the node goes away)
 #
@@ -385,7 +386,8 @@ cmd_pmxfs_start() {
         printf 'BIN=%q\nPMXFS_ARGS=%q\n' "$BIN" "$PMXFS_ARGS" >"$d/pmxfs.env"
     fi
     mv -f "$d/n$k/pmxfs.log" "$d/n$k/pmxfs.log.prev" 2>/dev/null || true
-    PMXFS_ARGS=$PMXFS_ARGS start_pmxfs "$d" "$k" "$BIN"
+    # PMXFS_START_ARGS, if set, replaces the arguments for this start only.
+    PMXFS_ARGS=${PMXFS_START_ARGS-$PMXFS_ARGS} start_pmxfs "$d" "$k" "$BIN"
     wait_pmxfs "$d" "$k"
 }
 

@@ -499,6 +499,121 @@ fn three_node_cluster() {
     }
 }
 
+/// Three pmxfs nodes speaking pmxcfs's protocol (`--protocol pmxcfs`, group
+/// `pve_dcdb_v1`, pmxcfs's encoding and tree rules), the way a node replaced first in a
+/// pmxcfs cluster runs: the same replication, convergence, lock and crash phases as
+/// pmxfs's own protocol, and lock expiry the pmxcfs way (the lowest node grants an
+/// unlock request once it has seen the lock unchanged for 120 s by its clock). The
+/// same nodes beside the C pmxcfs: `scripts/mixed-cluster.sh`.
+#[test]
+fn three_node_cluster_in_pmxcfs_protocol() {
+    let c = Cluster::up(3, "--protocol pmxcfs --verify-every 2 --debug-hooks");
+    for k in 1..=3 {
+        assert_eq!(c.status(k)["cluster_protocol"], "pmxcfs", "n{k}");
+    }
+    replication(&c);
+    convergence(&c);
+    lock_race(&c);
+    // A lock taken on n2, refreshed never, asked to go by n3: not before n1 (the
+    // lowest) saw it unchanged for 120 s, then at once.
+    let lock = c.mnt(2).join("priv/lock/compat-expiry");
+    fs::create_dir_all(c.mnt(2).join("priv/lock")).unwrap();
+    fs::create_dir(&lock).unwrap();
+    let unlock = |k: usize| {
+        let p = c.mnt(k).join("priv/lock/compat-expiry");
+        // pmxcfs's utime(0, 0): an unlock request, then an MTIME the tree refuses.
+        let e = nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            &nix::sys::time::TimeSpec::new(0, 0),
+            &nix::sys::time::TimeSpec::new(0, 0),
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        );
+        assert_eq!(
+            e,
+            Err(nix::errno::Errno::EACCES),
+            "utime(0, 0) on a held lock"
+        );
+    };
+    let listed = |k: usize| {
+        fs::read_dir(c.mnt(k).join("priv/lock"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == "compat-expiry")
+    };
+    assert!(wait_until(Duration::from_secs(5), || listed(3)).is_some());
+    unlock(3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        listed(1) && listed(3),
+        "released before 120 s\n{}",
+        c.logs()
+    );
+    let r = c.request(1, serde_json::json!({"cmd": "advance-clock", "secs": 121}));
+    assert_eq!(r["ok"], true, "advance-clock: {r}");
+    unlock(3);
+    let gone = wait_until(Duration::from_secs(10), || (1..=3).all(|k| !listed(k)));
+    assert!(
+        gone.is_some(),
+        "the lowest node never granted the unlock\n{}",
+        c.logs()
+    );
+    crash_and_resync(&c);
+    let checked = wait_until(Duration::from_secs(10), || {
+        (1..=3).all(|k| c.status(k)["cluster_messages"]["tree_checks"].as_u64() > Some(0))
+    });
+    assert!(checked.is_some(), "no VERIFY ran\n{}", c.logs());
+    mixed_protocols(&c);
+    for k in 1..=3 {
+        assert_eq!(
+            c.status(k)["cluster_messages"]["tree_check_mismatches"],
+            0,
+            "n{k} failed a VERIFY\n{}",
+            c.logs()
+        );
+    }
+}
+
+/// n3 restarted in pmxfs's own protocol beside n1 and n2 in pmxcfs's: each side has
+/// a tree group of its own and corosync's quorum, so the guard stops writes on all
+/// three (a pmxcfs node could not stop them), with a reason in the log; n3 back in
+/// pmxcfs's protocol, writes flow again.
+fn mixed_protocols(c: &Cluster) {
+    c.script("pmxfs-stop", 3);
+    c.script_env(
+        "pmxfs-start",
+        3,
+        &[("PMXFS_START_ARGS", "--verify-every 2 --debug-hooks")],
+    );
+    assert_eq!(c.status(3)["cluster_protocol"], "pmxfs");
+    let refused = |k: usize| {
+        write(&c.mnt(k).join(format!("mixed-{k}")), "x")
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::EACCES)
+    };
+    let all = wait_until(Duration::from_secs(30), || (1..=3).all(refused));
+    assert!(
+        all.is_some(),
+        "writes not refused on every node\n{}",
+        c.logs()
+    );
+    for k in 1..=3 {
+        assert_eq!(c.status(k)["quorate"], false, "n{k} still says quorate");
+        let log = fs::read_to_string(c.dir.join(format!("n{k}/pmxfs.log"))).unwrap();
+        assert!(
+            log.contains("speak another cluster protocol"),
+            "n{k}: no reason logged"
+        );
+    }
+    c.script("pmxfs-stop", 3);
+    c.script("pmxfs-start", 3);
+    let back = wait_until(Duration::from_secs(30), || {
+        (1..=3).all(|k| write(&c.mnt(k).join(format!("mixed-{k}")), "y").is_ok())
+    });
+    assert!(back.is_some(), "writes did not come back\n{}", c.logs());
+    eprintln!("mixed protocols: writes refused after {all:?}, back {back:?} after the fix");
+}
+
 /// The same probe with the legacy behaviour (no invalidation, 5 s attribute cache)
 /// must be able to fail: this is what made clusters rotate their auth key twice.
 #[test]

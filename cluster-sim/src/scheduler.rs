@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cluster_sync::core::{Action, Body, Event, Member, Mode, Node};
+use cluster_sync::core::{Action, Body, Event, Member, Mode, Node, Protocol};
 use cluster_sync::wire;
 use memdb::codec::MemdbCodec;
 use memdb::replica::Replica;
@@ -76,6 +76,10 @@ pub struct SimConfig {
     pub trace_lines: usize,
     /// Use this fault mix instead of drawing one per seed.
     pub mix: Option<Mix>,
+    /// The protocol every node speaks. In compat mode ([`Protocol::Dfsm`], pmxcfs's)
+    /// acknowledged writes a majority never held, and acknowledged writes missing at
+    /// the end, are pmxcfs's known window: counted in the report, not failures.
+    pub protocol: Protocol,
 }
 
 impl Default for SimConfig {
@@ -85,6 +89,7 @@ impl Default for SimConfig {
             steps: 1500,
             trace_lines: 150,
             mix: None,
+            protocol: Protocol::Terms,
         }
     }
 }
@@ -121,12 +126,21 @@ pub struct Report {
     pub final_version: u64,
     /// Tree checks completed (per member).
     pub tree_checks: usize,
+    /// Compat mode: writes acknowledged while no majority of the nodes held them.
+    pub acked_unheld: usize,
+    /// Compat mode: acknowledged writes missing from the converged tree.
+    pub acked_lost: usize,
+    /// Compat mode: writes applied in a configuration without quorum.
+    pub applied_unquorate: usize,
 }
 
 impl Report {
     /// Add another run's figures.
     pub fn add(&mut self, o: &Report) {
         self.tree_checks += o.tree_checks;
+        self.acked_unheld += o.acked_unheld;
+        self.acked_lost += o.acked_lost;
+        self.applied_unquorate += o.applied_unquorate;
         for (k, v) in &o.acked {
             *self.acked.entry(*k).or_default() += v;
         }
@@ -196,6 +210,7 @@ type R<T> = Result<T, Violation>;
 
 struct World {
     seed: u64,
+    protocol: Protocol,
     rng: Rng,
     mix: Mix,
     n: usize,
@@ -223,9 +238,14 @@ fn genesis() -> MemDb {
     db
 }
 
-fn core_of(member: Member, disk: &Disk) -> R<Node<Replica>> {
-    let db = disk.load(Limits::default(), LOCK_TIMEOUT)?;
-    Ok(Node::new(member, Replica::new(Arc::new(RwLock::new(db)))))
+fn core_of(member: Member, disk: &Disk, protocol: Protocol) -> R<Node<Replica>> {
+    let mut db = disk.load(Limits::default(), LOCK_TIMEOUT)?;
+    if protocol == Protocol::Dfsm {
+        // pmxcfs's tree rules, as the daemon sets them in its protocol.
+        db.set_dialect(memdb::Dialect::Pmxcfs);
+    }
+    let replica = Replica::new(Arc::new(RwLock::new(db)));
+    Ok(Node::with_protocol(member, replica, protocol))
 }
 
 fn describe(body: &Body<Op, Row>) -> String {
@@ -272,7 +292,7 @@ impl World {
             nodes.push(SimNode {
                 nodeid: member.nodeid,
                 pid: member.pid,
-                core: Some(core_of(member, &disk)?),
+                core: Some(core_of(member, &disk, cfg.protocol)?),
                 disk,
                 stopped: false,
             });
@@ -280,13 +300,14 @@ impl World {
         let work = Workload::new(n, mix.clients, &mut rng, false);
         Ok(World {
             seed,
+            protocol: cfg.protocol,
             rng,
             mix,
             n,
             nodes,
             net: Network::new(n, mix.late_quorum),
             work,
-            check: Checker::new(n),
+            check: Checker::new(n, cfg.protocol == Protocol::Dfsm),
             local_lock: BTreeMap::new(),
             now: 1_000_000,
             step: 0,
@@ -369,8 +390,13 @@ impl World {
                     if let Body::State { epoch, .. } = &msg.body {
                         self.check.state_sent(i, me, *epoch);
                     }
-                    self.net
-                        .multicast(i, me, wire::encode::<MemdbCodec>(&msg))?;
+                    // Each protocol's own encoding, as the daemon sends it.
+                    let bytes = match self.protocol {
+                        Protocol::Terms => wire::encode::<MemdbCodec>(&msg),
+                        Protocol::Dfsm => memdb::dcdb::encode(&msg)
+                            .map_err(|e| format!("n{} made an unsendable message: {e}", i + 1))?,
+                    };
+                    self.net.multicast(i, me, bytes)?;
                     self.report.messages += 1;
                 }
                 Action::Reply { req_id, result } => self.on_reply(i, req_id, result)?,
@@ -503,8 +529,12 @@ impl World {
                 from,
                 bytes,
             } => {
-                let msg = wire::decode::<MemdbCodec>(&bytes)
-                    .map_err(|e| format!("own encoding rejected: {e}"))?;
+                let msg = match self.protocol {
+                    Protocol::Terms => wire::decode::<MemdbCodec>(&bytes)
+                        .map_err(|e| format!("own encoding rejected: {e}"))?,
+                    Protocol::Dfsm => memdb::dcdb::decode(&bytes)
+                        .map_err(|e| format!("pmxcfs's encoding rejected: {e}"))?,
+                };
                 self.log(format!(
                     "n{} delivers cfg {cfg}#{pos} from {from} seq {}: {}",
                     i + 1,
@@ -649,7 +679,7 @@ impl World {
     fn restart(&mut self, i: usize) -> R<()> {
         self.nodes[i].pid += 1;
         let member = self.nodes[i].member();
-        self.nodes[i].core = Some(core_of(member, &self.nodes[i].disk)?);
+        self.nodes[i].core = Some(core_of(member, &self.nodes[i].disk, self.protocol)?);
         self.report.restarts += 1;
         self.log(format!("n{} RESTART as pid {}", i + 1, member.pid));
         let now = self.now;
@@ -782,7 +812,7 @@ impl World {
                     core.all_synced()
                 ));
             }
-            if core.accepted_term().is_none() {
+            if core.protocol() == Protocol::Terms && core.accepted_term().is_none() {
                 return Err(format!("n{} converged without a term: read-only", i + 1));
             }
             self.report.resent += core.resent();
@@ -814,6 +844,9 @@ impl World {
     }
 
     fn finish_report(&mut self) {
+        self.report.acked_unheld = self.check.acked_unheld;
+        self.report.acked_lost = self.check.acked_lost;
+        self.report.applied_unquorate = self.check.applied_unquorate;
         self.report.configs = self.net.configs();
         self.report.storage_faults = self.nodes.iter().map(|n| n.disk.refused() as usize).sum();
     }

@@ -128,6 +128,7 @@ impl<'a> Reader<'a> {
             counter: self.u32("epoch counter")?,
             nodeid: self.u32("epoch nodeid")?,
             pid: self.u32("epoch pid")?,
+            time: 0,
         })
     }
     /// A count of items of at least `min_item` bytes each, checked against what is left
@@ -310,6 +311,8 @@ pub fn decode<C: WireCodec>(buf: &[u8]) -> Result<Message<C::Op, C::Entry>, Wire
                     term,
                     version,
                     mtime,
+                    // Not on this wire: the entries' digests cover it.
+                    writer: 0,
                     entries,
                 },
             }
@@ -391,6 +394,7 @@ mod tests {
             counter: 7,
             nodeid: 2,
             pid: 4242,
+            time: 0,
         };
         let body = |b| M {
             seq: 99,
@@ -415,6 +419,7 @@ mod tests {
                     term: 11,
                     version: 201,
                     mtime: 1234,
+                    writer: 0,
                     entries: vec![(0, [1; 32]), (5, [2; 32])],
                 },
             }),

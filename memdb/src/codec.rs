@@ -50,6 +50,16 @@ impl WireCodec for MemdbCodec {
                 put_bytes(out, path.as_bytes());
                 out.extend_from_slice(&mtime.to_le_bytes());
             }
+            Op::UnlockRequest { path, csum } => {
+                out.push(7);
+                put_bytes(out, path.as_bytes());
+                out.extend_from_slice(csum);
+            }
+            Op::Unlock { path, csum } => {
+                out.push(8);
+                put_bytes(out, path.as_bytes());
+                out.extend_from_slice(csum);
+            }
         }
     }
 
@@ -89,6 +99,14 @@ impl WireCodec for MemdbCodec {
                 path: r.string("path")?,
                 mtime: r.u32("mtime")?,
             },
+            7 => Op::UnlockRequest {
+                path: r.string("path")?,
+                csum: csum(&mut r)?,
+            },
+            8 => Op::Unlock {
+                path: r.string("path")?,
+                csum: csum(&mut r)?,
+            },
             t => return Err(format!("unknown op tag {t}")),
         };
         r.end()?;
@@ -105,6 +123,10 @@ impl WireCodec for MemdbCodec {
         r.end()?;
         Ok(row)
     }
+}
+
+fn csum(r: &mut Reader<'_>) -> Result<[u8; 32], String> {
+    Ok(r.take(32, "csum")?.try_into().expect("32 bytes"))
 }
 
 #[cfg(test)]
@@ -133,6 +155,14 @@ mod tests {
             Op::Mtime {
                 path: "f".into(),
                 mtime: 99,
+            },
+            Op::UnlockRequest {
+                path: "priv/lock/x".into(),
+                csum: [0xa5; 32],
+            },
+            Op::Unlock {
+                path: "priv/lock/y".into(),
+                csum: std::array::from_fn(|i| i as u8),
             },
         ]
     }
@@ -187,5 +217,20 @@ mod tests {
         assert!(MemdbCodec::decode_op(&[9])
             .unwrap_err()
             .contains("unknown op tag"));
+        // An unlock whose csum is one byte short, or has one byte too many.
+        let mut b = Vec::new();
+        MemdbCodec::encode_op(
+            &Op::Unlock {
+                path: "p".into(),
+                csum: [1; 32],
+            },
+            &mut b,
+        );
+        assert_eq!(b.len(), 1 + 4 + 1 + 32);
+        assert!(MemdbCodec::decode_op(&b[..b.len() - 1])
+            .unwrap_err()
+            .contains("truncated csum"));
+        b.push(0);
+        assert!(MemdbCodec::decode_op(&b).unwrap_err().contains("trailing"));
     }
 }

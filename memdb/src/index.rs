@@ -4,7 +4,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use super::entry::{Entry, RootVersion};
+use super::entry::{Entry, RootVersion, Row};
 use super::MemDb;
 
 /// One index entry: inode and digest.
@@ -13,8 +13,18 @@ pub type IndexEntry = (u64, [u8; 32]);
 /// Digest of an entry: H(version‖writer‖mtime‖size‖type‖parent‖name‖data); the inode is
 /// not hashed, so a recreated entry with identical content compares equal.
 pub fn entry_digest(e: &Entry) -> [u8; 32] {
-    let r = &e.row;
     let mut h = Sha256::new();
+    feed(&mut h, &e.row, false);
+    h.finalize().into()
+}
+
+/// Hash `r` as pmxcfs's memdb does, with or without its inode first: `memdb_encode_index`
+/// per entry without, `memdb_compute_checksum` over all entries with. Directories hold
+/// no data, so "a file's data" and "any data" hash alike.
+pub(crate) fn feed(h: &mut Sha256, r: &Row, with_inode: bool) {
+    if with_inode {
+        h.update(r.inode.0.to_le_bytes());
+    }
     h.update(r.version.to_le_bytes());
     h.update(r.writer.to_le_bytes());
     h.update(r.mtime.to_le_bytes());
@@ -25,7 +35,6 @@ pub fn entry_digest(e: &Entry) -> [u8; 32] {
     if !r.data.is_empty() {
         h.update(&r.data[..]);
     }
-    h.finalize().into()
 }
 
 impl MemDb {

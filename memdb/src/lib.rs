@@ -9,11 +9,13 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod dcdb;
 pub mod entry;
 pub mod index;
 pub mod locks;
 pub mod op;
 pub mod paths;
+mod pmxcfs;
 pub mod repair;
 pub mod replica;
 pub mod row_codec;
@@ -57,6 +59,82 @@ impl Default for Limits {
     }
 }
 
+/// Whose rules [`MemDb::apply_checked`] follows.
+///
+/// pmxfs's own protocol keeps its own rules (lock takeover and release checks, whole
+/// subtrees moved, stricter names and limits); a pmxfs node in a cluster of pmxcfs
+/// daemons must apply every delivered operation exactly as pmxcfs 9.1.6's `memdb.c`
+/// does, or the trees part.
+/// Where [`Dialect::Pmxcfs`] differs from [`Dialect::Pmxfs`] (errnos are listed in the
+/// order pmxcfs checks them; every "refused" changes nothing):
+///
+/// - Paths: an existing entry is found skipping empty components (`a//b`, `/a`; `""`,
+///   `.` and `/` are the root); the parent and new name are glib's dirname/basename of
+///   the path with trailing slashes stripped. Pmxfs refuses empty components.
+/// - A path through a file: ENOTDIR if it is the direct parent of the name Create,
+///   Mkdir, Write, Mtime or a rename's target works on, else ENOENT (Pmxfs: ENOTDIR).
+/// - No name length limit (Pmxfs: ENAMETOOLONG beyond 255 bytes; pmxcfs's FUSE passes
+///   up to 1024).
+/// - No inode-count and no total-size limit (Pmxfs: ENOSPC per [`Limits`]); the only
+///   limit is EFBIG for a write ending beyond 1 MiB, pmxcfs's constant, whatever
+///   [`Limits::max_file_size`] says.
+/// - Node names in guest config paths may be of any length (Pmxfs: at most 63).
+/// - Create: ENOENT/ENOTDIR (parent), EACCES (`.`/`..`), EEXIST (VMID
+///   registered for another node or type), ENOTDIR (a directory has that name; Pmxfs:
+///   EEXIST), EEXIST (a file has it).
+/// - Write: EFBIG, then as Create up to the VMID, then ENOTDIR on a directory (Pmxfs:
+///   EISDIR) and ENOENT when missing; the root (`""`) is EACCES (Pmxfs: EISDIR).
+/// - Create and Write of a guest config (re)register its VMID for that node and type,
+///   replacing whatever it had (`vmlist_register_vm`).
+/// - Mkdir of an existing lock directory: EEXIST, whatever its age (Pmxfs takes an
+///   expired lock over with a new inode).
+/// - Delete: ENOENT, EACCES (root), ENOTEMPTY; a lock directory is removed whatever the
+///   op's time (Pmxfs: EBUSY for a release stamped before the lock's mtime).
+/// - Delete of a guest config path (even a directory of that name) drops its VMID from
+///   the guest list whoever it is registered to (Pmxfs: only if registered there).
+/// - Rename: ENOENT (source), EACCES (root), EEXIST (target VMID registered elsewhere,
+///   files only, the source's own VMID exempt), EACCES (a directory anywhere below
+///   `priv/lock/`), EACCES (target is the root), ENOTEMPTY (target a non-empty
+///   directory), ENOENT/ENOTDIR (target's parent).
+/// - Rename into `priv/lock/` is allowed (a directory moved there is reported as an
+///   acquired lock), and of a directory two levels below it refused (Pmxfs refuses any
+///   rename to a lock path and of exactly `priv/lock/<n>`).
+/// - Rename replaces an existing target of either kind: a file may replace an empty
+///   directory and a directory a file (Pmxfs: EISDIR/ENOTDIR).
+/// - Rename of a non-empty directory: ENOTEMPTY (Pmxfs moves the subtree); if a target
+///   existed, pmxcfs has already unlinked it: the target is removed, the version stays,
+///   and `apply_checked` still returns `Refused(ENOTEMPTY)` (the one refusal that
+///   changes the tree; pmxcfs's database keeps the target, its memory does not).
+/// - Rename of a guest config file forgets the source VMID and registers the target's.
+/// - Rename onto itself: EIO, nothing changes (pmxcfs frees the entry and enters error
+///   mode; Pmxfs succeeds, bumping the version); the kernel never sends it.
+/// - Rename into its own subtree: EINVAL in both (pmxcfs detaches a cycle; the kernel
+///   never sends it); a target named `.` or `..`: EACCES in both (pmxcfs creates it).
+/// - Mtime: ENOENT/ENOTDIR (parent), EACCES (`.`, `..`, the root; Pmxfs bumps the
+///   version for the root), ENOENT (missing).
+/// - Mtime of a lock directory (direct child of `priv/lock`): EACCES if the new mtime
+///   is older than the lock's or the writer is not the lock's; mtime 0 is thus refused
+///   (Pmxfs: mtime 0 removes an expired lock and refuses a held one).
+/// - Mtime sets the root's mtime to the new mtime (Pmxfs: the op's time).
+/// - After a sync install and [`MemDb::set_dialect`], the guest list counts regular
+///   files only; a duplicate VMID keeps the first in name order (pmxcfs refuses to load
+///   such a tree, or enters error mode after the sync).
+///
+/// Not reproduced in either dialect: pmxcfs records a zero-length write past the end
+/// of an empty file (`truncate -s N` of an empty file) as size N without data, hashing
+/// the size but no bytes (a read of it crashes pmxcfs, a restart reloads it as size 0);
+/// memdb cannot hold a size without content and stores N zero bytes.
+///
+/// [`Op::UnlockRequest`] and [`Op::Unlock`] mean the same in both dialects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// pmxfs's own protocol.
+    #[default]
+    Pmxfs,
+    /// pmxcfs 9.1.6's `memdb.c`, for a member of a pmxcfs cluster.
+    Pmxcfs,
+}
+
 /// A database whose rows do not form a valid tree.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -78,6 +156,7 @@ pub struct MemDb {
     vms: VmIndex,
     term: u64,
     promised_term: u64,
+    dialect: Dialect,
     // A Mutex only to make MemDb Sync (SQLite connections are Send, not Sync); all
     // access is through &mut self, so it is never contended.
     store: parking_lot::Mutex<Box<dyn Store>>,
@@ -202,10 +281,49 @@ impl MemDb {
             vms: VmIndex::default(),
             term: 0,
             promised_term: 0,
+            dialect: Dialect::Pmxfs,
             store: parking_lot::Mutex::new(store),
         };
         db.vms = VmIndex::rebuild(&db);
         Ok(db)
+    }
+
+    /// Follow `dialect`'s rules from now on (the guest list is rebuilt by them).
+    pub fn set_dialect(&mut self, dialect: Dialect) {
+        self.dialect = dialect;
+        self.vms = self.rebuild_vms();
+    }
+
+    /// Whose rules [`MemDb::apply_checked`] follows.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn rebuild_vms(&self) -> VmIndex {
+        match self.dialect {
+            Dialect::Pmxfs => VmIndex::rebuild(self),
+            Dialect::Pmxcfs => VmIndex::rebuild_pmxcfs(self),
+        }
+    }
+
+    /// pmxcfs's `memdb_tree_entry_csum` of the entry at `path` (found as pmxcfs finds
+    /// it): what UNLOCK_REQUEST and UNLOCK carry for a lock directory.
+    pub fn entry_csum(&self, path: &str) -> Option<[u8; 32]> {
+        let e = self.lookup_c(path).0?;
+        Some(dcdb_wire::csum::entry_csum(&dcdb::record_of(&e.row)))
+    }
+
+    /// pmxcfs's `memdb_compute_checksum`: SHA-256 over every entry, root included, in
+    /// inode order (what a VERIFY carries).
+    pub fn pmxcfs_checksum(&self) -> [u8; 32] {
+        use sha2::{Digest as _, Sha256};
+        let mut rows: Vec<&Row> = self.entries.values().map(|e| &e.row).collect();
+        rows.sort_unstable_by_key(|r| r.inode);
+        let mut h = Sha256::new();
+        for r in rows {
+            index::feed(&mut h, r, true);
+        }
+        h.finalize().into()
     }
 
     /// Restore the replication numbers loaded with the tree.
@@ -308,7 +426,7 @@ impl MemDb {
         self.entries = entries;
         self.bytes = bytes;
         self.root = root;
-        self.vms = VmIndex::rebuild(self);
+        self.vms = self.rebuild_vms();
         Ok(())
     }
 
@@ -440,7 +558,45 @@ impl MemDb {
 
     /// [`MemDb::apply`], telling an operation the tree refuses (every replica of the
     /// tree refuses it alike) from a store that could not persist it (only this one).
+    /// A refusal changes nothing, except the one [`Dialect::Pmxcfs`] rename that pmxcfs
+    /// fails after changing the tree.
     pub fn apply_checked(&mut self, op: &Op, ctx: OpCtx) -> Result<Applied, ApplyError<Errno>> {
+        let unchanged = Applied {
+            version: self.root.version,
+            ..Applied::default()
+        };
+        match op {
+            Op::UnlockRequest { path, csum } => {
+                return Ok(Applied {
+                    unlock_request: Some((path.clone(), *csum)),
+                    ..unchanged
+                })
+            }
+            // dcdb_deliver: a lock directory whose csum is what the lowest node judged
+            // expired is deleted, as a DELETE from the sender at the message's time;
+            // anything else is ignored (pmxcfs answers 0).
+            Op::Unlock { path, csum } => {
+                let judged = pmxcfs::path_is_lockdir(path)
+                    && self.lookup_c(path).0.is_some_and(|e| e.is_dir())
+                    && self.entry_csum(path) == Some(*csum);
+                if !judged {
+                    return Ok(unchanged);
+                }
+                return self.apply_checked(&Op::Delete { path: path.clone() }, ctx);
+            }
+            _ => {}
+        }
+        if self.dialect == Dialect::Pmxcfs {
+            let plan = self.plan_pmxcfs(op, ctx).map_err(ApplyError::Refused)?;
+            self.commit(op, &plan.txn)?;
+            let mut applied = plan.applied;
+            applied.version = self.root.version;
+            applied.vmlist_changed = self.vms.apply_pmxcfs(&plan.vms);
+            return match plan.refuse {
+                Some(e) => Err(ApplyError::Refused(e)),
+                None => Ok(applied),
+            };
+        }
         let (txn, mut applied) = self.plan(op, ctx).map_err(ApplyError::Refused)?;
         let moved_dir = match op {
             Op::Rename { from: p, .. } | Op::Delete { path: p } => {
@@ -448,16 +604,22 @@ impl MemDb {
             }
             _ => false,
         };
-        if let Err(e) = self.store.get_mut().commit(&txn) {
-            tracing::error!(?op, "database commit failed, operation refused: {e}");
-            return Err(ApplyError::Storage(e.to_string()));
-        }
-        self.install(&txn);
+        self.commit(op, &txn)?;
         applied.version = self.root.version;
         let mut vms = std::mem::take(&mut self.vms);
         applied.vmlist_changed = vms.update_after(&applied, self, moved_dir);
         self.vms = vms;
         Ok(applied)
+    }
+
+    /// Persist `txn`, then install it.
+    fn commit(&mut self, op: &Op, txn: &Txn) -> Result<(), ApplyError<Errno>> {
+        if let Err(e) = self.store.get_mut().commit(txn) {
+            tracing::error!(?op, "database commit failed, operation refused: {e}");
+            return Err(ApplyError::Storage(e.to_string()));
+        }
+        self.install(txn);
+        Ok(())
     }
 
     /// Make `path` a file holding exactly `data`, creating it if needed (two changes
@@ -620,20 +782,15 @@ impl MemDb {
                 {
                     return Err(Errno::EBUSY);
                 }
-                txn.deletes.push(e.row.inode);
-                ap.changes.push(Change::Name {
-                    parent: e.row.parent,
-                    name: e.row.name.clone(),
-                });
-                ap.changes.push(Change::Attr(e.row.inode));
-                ap.removed
-                    .push((e.row.inode, e.row.parent, e.row.name.clone()));
+                self.remove_c(e, &mut txn, &mut ap);
                 ap.paths.push(path.clone());
                 if e.is_dir() {
                     ap.lock = lock_name(path).map(|n| LockEvent::Released(n.to_string()));
                 }
             }
             Op::Rename { from, to } => self.plan_rename(from, to, root, &mut txn, &mut ap)?,
+            // Planned by apply_checked itself: they never reach here.
+            Op::UnlockRequest { .. } | Op::Unlock { .. } => return Err(Errno::EINVAL),
             Op::Mtime { path, mtime } => {
                 let e = self.resolve(path)?;
                 let mut row = e.row.clone();
@@ -712,17 +869,7 @@ impl MemDb {
         if !src.is_dir() {
             self.vms.check_free(to, vmindex::vm_of(from))?;
         }
-        ap.changes.push(Change::Name {
-            parent: row.parent,
-            name: row.name.clone(),
-        });
-        ap.changes.push(Change::Name {
-            parent: tparent.row.inode,
-            name: tbase.to_string(),
-        });
-        ap.changes.push(Change::Attr(row.inode));
-        ap.paths.push(from.to_string());
-        ap.paths.push(to.to_string());
+        ap.renamed(&row, tparent.row.inode, tbase, from, to);
         if src.is_dir() {
             // Descendants change path too (pmxcfs only renames empty directories).
             for (sub, _) in self.descendants(src.row.inode) {
@@ -814,8 +961,13 @@ impl MemDb {
         r.row.mtime = txn.root.mtime;
     }
 
-    /// Is `inode` a lock directory whose lock has expired at `now`?
+    /// Is `inode` a lock directory whose lock has expired at `now`? Never in pmxcfs's
+    /// dialect: there a lock stays until an UNLOCK or an rmdir removes it (its expiry
+    /// is the lowest node's judgement, outside the tree).
     pub fn is_expired_lock(&self, inode: Inode, now: u32) -> bool {
+        if self.dialect() == Dialect::Pmxcfs {
+            return false;
+        }
         let Some(e) = self.entries.get(&inode) else {
             return false;
         };
@@ -824,7 +976,8 @@ impl MemDb {
             && locks::lock_state(e.row.mtime, now, self.lock_timeout) == locks::LockState::Expired
     }
 
-    /// Names of the lock directories currently held at `now`.
+    /// Names of the lock directories currently held at `now` (in pmxcfs's dialect,
+    /// every lock directory).
     pub fn held_locks(&self, now: u32) -> Vec<String> {
         let Ok(dir) = self.resolve(paths::LOCK_DIR) else {
             return Vec::new();
@@ -834,8 +987,9 @@ impl MemDb {
             .filter_map(|(name, ino)| {
                 let e = &self.entries[ino];
                 (e.is_dir()
-                    && locks::lock_state(e.row.mtime, now, self.lock_timeout)
-                        == locks::LockState::Held)
+                    && (self.dialect() == Dialect::Pmxcfs
+                        || locks::lock_state(e.row.mtime, now, self.lock_timeout)
+                            == locks::LockState::Held))
                     .then(|| name.clone())
             })
             .collect()
@@ -849,3 +1003,5 @@ impl MemDb {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pmxcfs;

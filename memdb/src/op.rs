@@ -49,6 +49,26 @@ pub enum Op {
         /// New mtime in seconds.
         mtime: u32,
     },
+    /// pmxcfs's UNLOCK_REQUEST: a node asks whether the lock at `path` expired. It
+    /// changes nothing; the lowest node decides (by its own clock, outside the tree)
+    /// and, if so, sends [`Op::Unlock`].
+    UnlockRequest {
+        /// The lock directory.
+        path: String,
+        /// Its `memdb_tree_entry_csum` as the asking node saw it.
+        csum: [u8; 32],
+    },
+    /// pmxcfs's UNLOCK: if `path` is a directory below `priv/lock/` whose
+    /// `memdb_tree_entry_csum` still equals `csum`, exactly [`Op::Delete`] of it from
+    /// the sender at the message's time (its result, ENOTEMPTY included); otherwise
+    /// (the lock was refreshed, released or taken since, or is gone) a success at the
+    /// current version that changes nothing, as pmxcfs answers 0.
+    Unlock {
+        /// The lock directory.
+        path: String,
+        /// The csum the lowest node judged expired.
+        csum: [u8; 32],
+    },
 }
 
 impl Op {
@@ -59,7 +79,9 @@ impl Op {
             | Op::Mkdir { path }
             | Op::Write { path, .. }
             | Op::Delete { path }
-            | Op::Mtime { path, .. } => path,
+            | Op::Mtime { path, .. }
+            | Op::UnlockRequest { path, .. }
+            | Op::Unlock { path, .. } => path,
             Op::Rename { from, .. } => from,
         }
     }
@@ -115,4 +137,31 @@ pub struct Applied {
     pub vmlist_changed: bool,
     /// Entries that ceased to exist: `(inode, parent, name)` they had.
     pub removed: Vec<(Inode, Inode, String)>,
+    /// An [`Op::UnlockRequest`] delivered: `(path, csum)`, for the lowest node to judge.
+    pub unlock_request: Option<(String, [u8; 32])>,
+}
+
+impl Applied {
+    /// Record what moving `row` (still at its old place) to `name` in `parent`, from
+    /// path `from` to path `to`, changes for the kernel and the counters.
+    pub(crate) fn renamed(
+        &mut self,
+        row: &crate::Row,
+        parent: Inode,
+        name: &str,
+        from: &str,
+        to: &str,
+    ) {
+        self.changes.push(Change::Name {
+            parent: row.parent,
+            name: row.name.clone(),
+        });
+        self.changes.push(Change::Name {
+            parent,
+            name: name.to_string(),
+        });
+        self.changes.push(Change::Attr(row.inode));
+        self.paths.push(from.to_string());
+        self.paths.push(to.to_string());
+    }
 }

@@ -67,6 +67,7 @@ impl Database for Replica {
             term: db.term(),
             version: root.version,
             mtime: root.mtime,
+            writer: root.writer,
             entries: db.index_entries(),
         }
     }
@@ -79,10 +80,17 @@ impl Database for Replica {
         self.tree.read().root_version().version
     }
 
+    /// pmxcfs's `memdb_compute_checksum`: equal trees give equal checksums, as the
+    /// core needs, and in pmxcfs's protocol the C peers compare it with theirs.
+    fn checksum(&self) -> cluster_sync::core::Digest {
+        self.tree.read().pmxcfs_checksum()
+    }
+
     fn op_size(op: &Op) -> usize {
         let data = match op {
             Op::Write { data, .. } => data.len(),
             Op::Rename { to, .. } => to.len(),
+            Op::UnlockRequest { csum, .. } | Op::Unlock { csum, .. } => csum.len(),
             _ => 0,
         };
         op.path().len() + data + 16

@@ -27,6 +27,15 @@ impl VmInfo {
     }
 }
 
+/// One change pmxcfs makes to its guest list after applying an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum VmChange {
+    /// `vmlist_register_vm`: (re)register, replacing whatever the VMID had.
+    Register(u32, String, VmType),
+    /// `vmlist_delete_vm`: drop the VMID, whoever it was registered to.
+    Forget(u32),
+}
+
 /// VMID → guest, plus a change counter.
 #[derive(Debug, Default)]
 pub(super) struct VmIndex {
@@ -66,6 +75,72 @@ impl VmIndex {
             Some(v) if v.node != node || v.ty != ty => Err(Errno::EEXIST),
             _ => Ok(()),
         }
+    }
+
+    /// pmxcfs's `vmlist_different_vm_exists`: the VMID is registered for another node
+    /// or type.
+    pub(super) fn different_exists(&self, id: u32, node: &str, ty: VmType) -> bool {
+        self.vms
+            .get(&id)
+            .is_some_and(|v| v.node != node || v.ty != ty)
+    }
+
+    /// Apply pmxcfs's changes in order; every one counts as a change of the list, as
+    /// pmxcfs bumps its list version on every registration and removal.
+    pub(super) fn apply_pmxcfs(&mut self, changes: &[VmChange]) -> bool {
+        for c in changes {
+            self.version += 1;
+            match c {
+                VmChange::Register(id, node, ty) => {
+                    self.vms.insert(
+                        *id,
+                        VmInfo {
+                            node: node.clone(),
+                            ty: *ty,
+                            version: self.version,
+                        },
+                    );
+                }
+                VmChange::Forget(id) => {
+                    self.vms.remove(id);
+                }
+            }
+        }
+        !changes.is_empty()
+    }
+
+    /// pmxcfs's `memdb_recreate_vmlist`: regular files only, node names of any length.
+    /// pmxcfs refuses a tree with a duplicate VMID (it fails to start, or enters error
+    /// mode after a sync); here the first in name order is kept.
+    pub(super) fn rebuild_pmxcfs(db: &MemDb) -> VmIndex {
+        let mut idx = VmIndex::default();
+        let Ok(nodes) = db.resolve("nodes") else {
+            return idx;
+        };
+        for (node, ino) in &nodes.children {
+            let Some(n) = db.get(*ino) else { continue };
+            if !n.is_dir() || !crate::pmxcfs::valid_nodename(node) {
+                continue;
+            }
+            for ty in [VmType::Qemu, VmType::OpenVz, VmType::Lxc] {
+                let Some(d) = n.children.get(ty.dir()).and_then(|i| db.get(*i)) else {
+                    continue;
+                };
+                for (name, f) in &d.children {
+                    let is_file = db.get(*f).is_some_and(|e| !e.is_dir());
+                    if let (true, Some(id)) = (is_file, crate::pmxcfs::vmid_of_name(name)) {
+                        idx.version += 1;
+                        let version = idx.version;
+                        idx.vms.entry(id).or_insert(VmInfo {
+                            node: node.clone(),
+                            ty,
+                            version,
+                        });
+                    }
+                }
+            }
+        }
+        idx
     }
 
     pub(super) fn rebuild(db: &MemDb) -> VmIndex {

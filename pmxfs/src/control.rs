@@ -129,6 +129,7 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
         "open_handles": Metrics::get(&m.open_handles),
         "ops_applied": Metrics::get(&m.ops_applied),
         "transport": tree.transport.get().map(String::as_str).unwrap_or("starting"),
+        "cluster_protocol": tree.protocol.get().copied().unwrap_or("none"),
         "cluster_messages": {
             "sent": Metrics::get(&m.cluster_sent),
             "delivered": Metrics::get(&m.cluster_delivered),

@@ -79,6 +79,9 @@ pub struct DaemonOpts {
     pub fold_after: Duration,
     /// How often the cluster checks that every node holds the same tree.
     pub verify_every: Duration,
+    /// The cluster protocol: pmxfs's own, or pmxcfs's (to share a cluster with pmxcfs
+    /// nodes).
+    pub protocol: cluster_sync::core::Protocol,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -279,10 +282,25 @@ fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
         enabled: opts.coherence,
         default: opts.ttls,
     };
+    if !local && opts.protocol == cluster_sync::core::Protocol::Dfsm {
+        // Every node applies every change alike, so the tree follows pmxcfs's rules
+        // exactly where pmxfs's own differ (locks above all).
+        tree.replica()
+            .tree()
+            .write()
+            .set_dialect(memdb::Dialect::Pmxcfs);
+        tracing::info!("speaking pmxcfs's protocol (pve_dcdb_v1) with pmxcfs's tree rules");
+    }
     let fs = Arc::new(PmxFs::new(tree.clone(), policy, www_data_gid()));
     let mounted = mount_fs(opts, &mount, fs)?;
     if !local {
-        join_cluster(&tree, &opts.nodename, created, opts.verify_every)?;
+        join_cluster(
+            &tree,
+            &opts.nodename,
+            created,
+            opts.verify_every,
+            opts.protocol,
+        )?;
     }
     // Before the control socket, which is how a supervisor sees the daemon ready.
     let _ipc = crate::ipc::start(&opts.ipc_name, tree.clone(), www_data_gid())
@@ -481,10 +499,12 @@ fn join_cluster(
     nodename: &str,
     created: bool,
     verify_every: Duration,
+    protocol: cluster_sync::core::Protocol,
 ) -> Result<()> {
     tree.set_replicator(Box::new(crate::cluster::runner::start(
         tree.clone(),
         verify_every,
+        protocol,
     )?));
     let kv = crate::cluster::kvstore::start(tree.clone(), nodename.to_string())?;
     tree.set_broadcast(Box::new(kv));

@@ -187,6 +187,12 @@ struct DaemonArgs {
     /// differs resyncs (pmxcfs: every 3,600 s).
     #[arg(long, default_value_t = 600.0)]
     verify_every: f64,
+    /// The cluster protocol: `pmxfs` (pmxfs's own: replication terms, writes answered
+    /// once a majority holds them, group commit) or `pmxcfs` (pmxcfs 9.1.6's
+    /// `pve_dcdb_v1`, byte for byte, to share a cluster with pmxcfs nodes, with
+    /// pmxcfs's guarantees; README, "Mixed clusters and upgrading").
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Pmxfs)]
+    protocol: ProtocolArg,
     /// Accept the control socket's test hooks: operations injected as if from another
     /// node, and moving the daemon's clock forward.
     #[arg(long, hide = true)]
@@ -194,6 +200,15 @@ struct DaemonArgs {
     /// Inject a fault (tests): stall-apply, fail-queue=N, fail-queue-after=N.
     #[arg(long = "fault", hide = true, value_name = "FAULT")]
     faults: Vec<pmxfs::faults::Fault>,
+}
+
+/// `--protocol`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProtocolArg {
+    /// pmxfs's own protocol.
+    Pmxfs,
+    /// pmxcfs's `pve_dcdb_v1`.
+    Pmxcfs,
 }
 
 fn secs(s: f64) -> Result<Duration> {
@@ -341,6 +356,10 @@ fn run_daemon(a: DaemonArgs, journal: bool) -> Result<()> {
         rrdcached: a.rrdcached,
         fold_after: secs(a.db_fold_after)?,
         verify_every: secs(a.verify_every)?.max(std::time::Duration::from_millis(100)),
+        protocol: match a.protocol {
+            ProtocolArg::Pmxfs => cluster_sync::core::Protocol::Terms,
+            ProtocolArg::Pmxcfs => cluster_sync::core::Protocol::Dfsm,
+        },
     };
     daemon::run(opts)
 }

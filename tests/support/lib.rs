@@ -176,18 +176,7 @@ impl Pmxfs {
 
     /// Ask the control socket.
     pub fn request(&self, req: Value) -> Value {
-        use std::io::{BufRead, BufReader, Write};
-        let sock = std::fs::read_dir(&self.run)
-            .expect("run dir")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "sock"))
-            .expect("control socket");
-        let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).expect("json reply")
+        control_request(&self.run, req)
     }
 
     /// `status` document.
@@ -299,6 +288,22 @@ impl Drop for Pmxfs {
         }
         abort_mount(&self.mnt);
     }
+}
+
+/// One request on the control socket in the run directory `run`, and its reply.
+fn control_request(run: &Path, req: Value) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = std::fs::read_dir(run)
+        .expect("run dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("control socket");
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("json reply")
 }
 
 fn socket_ready(run: &Path) -> bool {
@@ -495,10 +500,16 @@ impl Cluster {
 
     /// Run a `cluster.sh` subcommand against this cluster.
     pub fn script(&self, cmd: &str, k: usize) {
+        self.script_env(cmd, k, &[]);
+    }
+
+    /// `scripts/cluster.sh CMD K DIR` with extra environment (e.g. `PMXFS_START_ARGS`).
+    pub fn script_env(&self, cmd: &str, k: usize, env: &[(&str, &str)]) {
         let out = Command::new("bash")
             .arg(cluster_script())
             .args([cmd, &k.to_string()])
             .arg(&self.dir)
+            .envs(env.iter().copied())
             .output()
             .expect("run cluster.sh");
         assert!(
@@ -522,6 +533,11 @@ impl Cluster {
             .args(["link", "set", &format!("veth{k}"), "up"])
             .status();
         assert!(st.is_ok_and(|s| s.success()));
+    }
+
+    /// Ask node `k`'s control socket (its `--debug-hooks` commands among others).
+    pub fn request(&self, k: usize, req: Value) -> Value {
+        control_request(&self.dir.join(format!("n{k}/run")), req)
     }
 
     /// `pmxfs status --json` of node `k`.

@@ -1,7 +1,8 @@
 //! Run the simulator over many seeds, in parallel; print the totals and the first
 //! failing seed with its trace.
 //!
-//! `sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES]`
+//! `sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES]
+//! [--compat]` (`--compat`: every node speaks pmxcfs's protocol)
 //! (`scripts/sim.sh` runs it in the `sim` profile: optimised, with debug assertions).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,6 +29,7 @@ fn main() {
             "--nodes" => cfg.nodes = Some(val() as usize),
             "--jobs" => jobs = val().max(1) as usize,
             "--trace" => cfg.trace_lines = val() as usize,
+            "--compat" => cfg.protocol = cluster_sync::core::Protocol::Dfsm,
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -95,6 +97,13 @@ fn main() {
         "faults: partition={} crash={} restart={} storage={}",
         r.partitions, r.crashes, r.restarts, r.storage_faults
     );
+    if cfg.protocol == cluster_sync::core::Protocol::Dfsm {
+        // pmxcfs's window, expected in its protocol (README, "Mixed clusters").
+        println!(
+            "compat (pmxcfs's protocol): acknowledged while no majority held it={} acknowledged and lost={} applied without quorum={}",
+            r.acked_unheld, r.acked_lost, r.applied_unquorate
+        );
+    }
     if failures.len() > 1 {
         let list: Vec<String> = failures.iter().map(|f| f.seed.to_string()).collect();
         println!("failing seeds: {}", list.join(" "));
@@ -108,7 +117,7 @@ fn main() {
 fn usage(why: &str) -> ! {
     eprintln!("sim: {why}");
     eprintln!(
-        "usage: sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES]"
+        "usage: sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES] [--compat]"
     );
     std::process::exit(2)
 }

@@ -31,6 +31,22 @@ pub fn select_leader(states: &[(Member, DbIndex)]) -> Option<usize> {
     best
 }
 
+/// pmxcfs's `dcdb_select_leader` alone, for compat mode: the highest version, then the
+/// highest mtime, then the lowest `(nodeid, pid)`; terms are not looked at. `states`
+/// must be sorted by member; returns an index into it.
+pub fn select_leader_dfsm(states: &[(Member, DbIndex)]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, (_, idx)) in states.iter().enumerate() {
+        best = match best {
+            Some(b) if (idx.version, idx.mtime) <= (states[b].1.version, states[b].1.mtime) => {
+                Some(b)
+            }
+            _ => Some(i),
+        };
+    }
+    best
+}
+
 /// Inodes the leader must send: every leader entry whose digest differs from (or is
 /// missing in) at least one out-of-date member. Entries an out-of-date member has
 /// but the leader lacks are deleted by `install_update`, so need no message.
@@ -59,6 +75,7 @@ mod tests {
             term: 0,
             version,
             mtime,
+            writer: 0,
             entries: entries.iter().map(|(i, d)| (*i, [*d; 32])).collect(),
         }
     }
@@ -129,6 +146,22 @@ mod tests {
             .map(|(m, i)| (m, DbIndex { term: 0, ..i }))
             .collect();
         assert_eq!(select_leader(&s), Some(0));
+    }
+
+    #[test]
+    fn compat_leader_ignores_terms() {
+        let m = |n| Member::new(n, 100);
+        let s = vec![
+            (m(1), termed(9, 40, 5000)),
+            (m(2), termed(1, 41, 1)),
+            (m(3), termed(1, 41, 1)),
+        ];
+        assert_eq!(select_leader_dfsm(&s), Some(1));
+        let s = vec![(m(1), termed(0, 41, 1)), (m(2), termed(0, 41, 2))];
+        assert_eq!(select_leader_dfsm(&s), Some(1));
+        let s = vec![(m(1), termed(0, 41, 2)), (m(2), termed(5, 41, 2))];
+        assert_eq!(select_leader_dfsm(&s), Some(0));
+        assert_eq!(select_leader_dfsm(&[]), None);
     }
 
     #[test]

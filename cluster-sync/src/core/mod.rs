@@ -14,6 +14,8 @@
 //! pipeline (waiting, in flight, queued, sent again); `leader.rs` picks the leader.
 mod confirm;
 mod db;
+mod dfsm;
+pub use dfsm::{count_of, seq_of, SEQ_SHIFT};
 mod event;
 mod leader;
 mod message;
@@ -31,11 +33,11 @@ mod tests;
 
 pub use db::{ApplyError, CoreError, Database};
 pub use event::{Action, Event};
-pub use leader::{select_leader, updates_needed};
+pub use leader::{select_leader, select_leader_dfsm, updates_needed};
 pub use message::{Body, Message};
 pub use node::{Node, TERMLESS_WAIT};
 pub use round::MAX_SYNC_ENTRIES;
-pub use types::{DbIndex, Digest, Epoch, Member, Mode, NodeId, ReqId, Term};
+pub use types::{DbIndex, Digest, Epoch, Member, Mode, NodeId, Protocol, ReqId, Term};
 pub use writes::{
     MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW,
 };

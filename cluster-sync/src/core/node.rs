@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use super::confirm::{Confirm, Pending};
 use super::db::{ApplyError, CoreError, Database};
+use super::dfsm::DfsmRound;
 use super::event::{Action, Event};
 use super::message::{Body, Message};
 use super::round::Round;
-use super::types::{Epoch, Member, Mode, Term};
+use super::types::{Epoch, Member, Mode, Protocol, Term};
 use super::writes::{
     Delivered, Request, Writes, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW,
 };
@@ -41,6 +42,7 @@ pub(super) struct Resync {
 
 /// The protocol state of one group member, owning its database.
 pub struct Node<D: Database> {
+    pub(super) protocol: Protocol,
     pub(super) me: Member,
     pub(super) db: D,
     pub(super) mode: Mode,
@@ -59,7 +61,9 @@ pub struct Node<D: Database> {
     cluster_nodes: usize,
     /// The seq of this member's Normal on the wire, if one is: the next waits for it,
     /// gathering the requests made meanwhile (group commit).
-    wire: Option<u64>,
+    pub(super) wire: Option<u64>,
+    /// Compat mode's round and queues (`dfsm.rs`); unused by the term protocol.
+    pub(super) dfsm: DfsmRound<D::Op, D::Entry>,
     pub(super) resync: Resync,
     /// The proposed term this member promised in the current configuration (memory
     /// only: a restarted process conservatively forgets it).
@@ -75,13 +79,20 @@ pub struct Node<D: Database> {
     /// The last message seq delivered from each member in this configuration: CPG
     /// delivers a sender's messages in the order it sent them.
     #[cfg(debug_assertions)]
-    last_seq: BTreeMap<Member, u64>,
+    pub(super) last_seq: BTreeMap<Member, u64>,
 }
 
 impl<D: Database> Node<D> {
-    /// A member that has not seen a configuration yet (mode `Start`, not quorate).
+    /// A member of pmxfs's own protocol that has not seen a configuration yet (mode
+    /// `Start`, not quorate).
     pub fn new(me: Member, db: D) -> Self {
+        Self::with_protocol(me, db, Protocol::Terms)
+    }
+
+    /// A member speaking `protocol` that has not seen a configuration yet.
+    pub fn with_protocol(me: Member, db: D, protocol: Protocol) -> Self {
         Node {
+            protocol,
             me,
             db,
             mode: Mode::Start,
@@ -95,6 +106,7 @@ impl<D: Database> Node<D> {
             confirm: Confirm::default(),
             cluster_nodes: 0,
             wire: None,
+            dfsm: DfsmRound::default(),
             resync: Resync::default(),
             term_promised_here: None,
             highest_term_seen: 0,
@@ -108,6 +120,11 @@ impl<D: Database> Node<D> {
     /// This member.
     pub fn me(&self) -> Member {
         self.me
+    }
+
+    /// The protocol this member speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// Read access to the database (reads never go through the protocol).
@@ -132,7 +149,10 @@ impl<D: Database> Node<D> {
 
     /// Whether every member of the configuration is synced (the round is over).
     pub fn all_synced(&self) -> bool {
-        self.round.is_synced()
+        match self.protocol {
+            Protocol::Terms => self.round.is_synced(),
+            Protocol::Dfsm => self.mode == Mode::Synced && self.dfsm.queued() == 0,
+        }
     }
 
     /// The term this configuration accepted, once its writes flow.
@@ -147,7 +167,12 @@ impl<D: Database> Node<D> {
         // Requests made earlier wait rather than go out while the round runs: a write
         // queued by the round is lost if the configuration changes before the round
         // ends, while a waiting request survives confchgs.
-        self.quorate && self.round.accepted() && self.mode != Mode::Error
+        match self.protocol {
+            Protocol::Terms => self.quorate && self.round.accepted() && self.mode != Mode::Error,
+            Protocol::Dfsm => {
+                self.quorate && self.mode == Mode::Synced && self.members.contains(&self.me)
+            }
+        }
     }
 
     /// Current members, sorted.
@@ -209,14 +234,15 @@ impl<D: Database> Node<D> {
         // Read only for the assertions: each read takes the tree's lock in the daemon.
         #[cfg(debug_assertions)]
         let before = (self.db.promised_term(), self.db.term());
-        match ev {
-            Event::Tick { now } => self.on_tick(now, &mut out),
-            Event::Quorum(q) => self.on_quorum(q, &mut out),
-            Event::LocalRequest { req_id, op } => self.on_request(req_id, op, &mut out),
-            Event::ConfChg { members, .. } => self.on_confchg(members, &mut out),
-            Event::Deliver { from, msg } => self.on_deliver(from, msg, &mut out),
-            Event::Nodes(n) => self.cluster_nodes = n,
-            Event::VerifyNow => self.verify_now(&mut out),
+        match (self.protocol, ev) {
+            (
+                Protocol::Dfsm,
+                Event::ConfChg {
+                    members, joined, ..
+                },
+            ) => self.dfsm_confchg(members, joined, &mut out),
+            (Protocol::Dfsm, Event::VerifyNow) => self.dfsm_verify_now(&mut out),
+            (_, ev) => self.handle_common(ev, &mut out),
         }
         if !matches!(self.mode, Mode::Error | Mode::Start) && self.members.contains(&self.me) {
             self.answer_confirmed(&mut out);
@@ -225,6 +251,19 @@ impl<D: Database> Node<D> {
         #[cfg(debug_assertions)]
         self.check_invariants(before);
         out
+    }
+
+    /// The events both protocols handle alike, or that branch inside.
+    fn handle_common(&mut self, ev: Event<D::Op, D::Entry>, out: &mut Vec<Act<D>>) {
+        match ev {
+            Event::Tick { now } => self.on_tick(now, out),
+            Event::Quorum(q) => self.on_quorum(q, out),
+            Event::LocalRequest { req_id, op } => self.on_request(req_id, op, out),
+            Event::ConfChg { members, .. } => self.on_confchg(members, out),
+            Event::Deliver { from, msg } => self.on_deliver(from, msg, out),
+            Event::Nodes(n) => self.cluster_nodes = n,
+            Event::VerifyNow => self.verify_now(out),
+        }
     }
 
     /// What must hold after every event, given the promise and term before it.
@@ -258,9 +297,23 @@ impl<D: Database> Node<D> {
         self.send_at(body, now, out)
     }
 
-    fn send_at(&mut self, body: Body<D::Op, D::Entry>, time: u32, out: &mut Vec<Act<D>>) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+    pub(super) fn send_at(
+        &mut self,
+        body: Body<D::Op, D::Entry>,
+        time: u32,
+        out: &mut Vec<Act<D>>,
+    ) -> u64 {
+        let seq = if self.protocol == Protocol::Dfsm {
+            // pmxcfs numbers NORMALs alone (their `count`); state messages fall between.
+            let seq = self.dfsm.next_seq(matches!(body, Body::Normal { .. }));
+            if let Some(key) = super::dfsm::state_key(&body) {
+                self.dfsm.sent_state(key, seq);
+            }
+            seq
+        } else {
+            self.next_seq += 1;
+            self.next_seq - 1
+        };
         out.push(Action::Multicast(Message { seq, time, body }));
         seq
     }
@@ -293,6 +346,12 @@ impl<D: Database> Node<D> {
             counter: self.round_counter,
             nodeid: self.me.nodeid,
             pid: self.me.pid,
+            // pmxcfs stamps its epochs; pmxfs's own protocol names rounds without.
+            time: if self.protocol == Protocol::Dfsm {
+                self.now
+            } else {
+                0
+            },
         }
     }
 
@@ -326,6 +385,9 @@ impl<D: Database> Node<D> {
     /// requests that fit one (if writes flow), and the acknowledgement of what this
     /// member applied, or the acknowledgement alone if a writer counts on it.
     fn pump(&mut self, out: &mut Vec<Act<D>>) {
+        if self.protocol == Protocol::Dfsm {
+            return self.dfsm_pump(out);
+        }
         if self.wire.is_some() {
             return;
         }
@@ -512,7 +574,7 @@ impl<D: Database> Node<D> {
         }
     }
 
-    fn on_deliver(&mut self, from: Member, msg: Msg<D>, out: &mut Vec<Act<D>>) {
+    fn on_deliver(&mut self, from: Member, mut msg: Msg<D>, out: &mut Vec<Act<D>>) {
         if matches!(self.mode, Mode::Error | Mode::Start) {
             return;
         }
@@ -520,9 +582,22 @@ impl<D: Database> Node<D> {
             tracing::warn!(me = %self.me, %from, kind = msg.body.kind(), "message from non-member dropped");
             return;
         }
+        if self.protocol == Protocol::Dfsm && from == self.me && msg.seq == 0 {
+            // pmxcfs's state messages carry no count: recover the seq it was sent as.
+            if let Some(seq) =
+                super::dfsm::state_key(&msg.body).and_then(|k| self.dfsm.delivered_state(&k))
+            {
+                msg.seq = seq;
+            }
+        }
         #[cfg(debug_assertions)]
         {
-            let last = self.last_seq.insert(from, msg.seq);
+            // Compat mode numbers Normals only (pmxcfs's state messages carry no count).
+            let last = if msg.seq == 0 {
+                None
+            } else {
+                self.last_seq.insert(from, msg.seq)
+            };
             assert!(
                 last.is_none_or(|l| l < msg.seq),
                 "{from}'s messages delivered out of order: {last:?} then {}",
@@ -543,6 +618,9 @@ impl<D: Database> Node<D> {
             }
         }
         let Message { seq, time, body } = msg;
+        if self.protocol == Protocol::Dfsm {
+            return self.dfsm_deliver(from, seq, time, body, out);
+        }
         match body {
             Body::Normal { ops, ack } => {
                 let pos = self.confirm.delivered();

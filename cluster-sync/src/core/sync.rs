@@ -188,18 +188,7 @@ impl<D: Database> Node<D> {
         let await_update = !unsynced.is_empty();
         if await_update && leader == self.me {
             let inodes = updates_needed(&leader_index, unsynced);
-            // One entry per message as pmxcfs does: a single entry may be up to 1 MiB,
-            // close to corosync's atomic message size.
-            for entry in self.db.entries(&inodes) {
-                self.send(
-                    Body::Update {
-                        epoch,
-                        entries: vec![entry],
-                    },
-                    out,
-                );
-            }
-            self.send(Body::UpdateComplete { epoch }, out);
+            self.send_updates(epoch, &inodes, out);
         }
         self.round.term = term;
         self.round.stage = Stage::Settling {
@@ -212,6 +201,22 @@ impl<D: Database> Node<D> {
         };
         self.set_mode(my_mode, out);
         self.try_finish_round(out);
+    }
+
+    /// The leader's entries for `inodes`, then the round's UpdateComplete. One entry
+    /// per message as pmxcfs does: a single entry may be up to 1 MiB, close to
+    /// corosync's atomic message size.
+    pub(super) fn send_updates(&mut self, epoch: Epoch, inodes: &[u64], out: &mut Vec<Act<D>>) {
+        for entry in self.db.entries(inodes) {
+            self.send(
+                Body::Update {
+                    epoch,
+                    entries: vec![entry],
+                },
+                out,
+            );
+        }
+        self.send(Body::UpdateComplete { epoch }, out);
     }
 
     /// A member's Promise of the round's term (slow path).

@@ -385,6 +385,7 @@ impl Database for SimDb {
             term: self.term,
             version: self.version,
             mtime: self.mtime,
+            writer: 0,
             entries,
         }
     }

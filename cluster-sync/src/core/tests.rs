@@ -717,3 +717,252 @@ fn a_tree_that_diverged_is_found_by_the_check_and_resynced() {
         assert!(n.db().read("a/right").is_some() && n.db().read("a/rogue").is_none());
     }
 }
+
+// ---- Compat mode (pmxcfs's dfsm) ----
+
+fn dfsm_node(id: u32, pid: u32) -> Node<SimDb> {
+    let mut n = Node::with_protocol(Member::new(id, pid), SimDb::genesis(), Protocol::Dfsm);
+    n.handle(Event::Tick { now: 1000 });
+    n
+}
+
+fn dfsm_restart(n: Node<SimDb>, now: u32) -> Node<SimDb> {
+    let me = n.me();
+    let mut r = Node::with_protocol(
+        Member::new(me.nodeid, me.pid + 1),
+        n.into_db(),
+        Protocol::Dfsm,
+    );
+    r.handle(Event::Tick { now });
+    r
+}
+
+/// pmxcfs's round: SyncStart from the lowest node, a State each, UpdateComplete from
+/// the leader even when nobody needs an update; then writes are answered at their
+/// own delivery, with no confirmation message.
+#[test]
+fn compat_round_and_write_follow_dfsm() {
+    let (mut a, mut b, mut c) = (dfsm_node(1, 10), dfsm_node(2, 10), dfsm_node(3, 10));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    cfg.settle();
+    assert_eq!(
+        cfg.kinds(),
+        vec!["sync-start", "state", "state", "state", "update-complete"]
+    );
+    assert!(cfg.log.iter().all(|(_, m)| match &m.body {
+        Body::SyncStart { epoch, .. } => epoch.time == 1000,
+        _ => true,
+    }));
+    assert!(cfg.nodes.iter().all(|n| n.writable()));
+    let before = cfg.log.len();
+    cfg.request(1, 7, write(7, "f"));
+    cfg.deliver_to(1, None);
+    assert_eq!(
+        cfg.replies,
+        vec![(1, 7, Ok(()))],
+        "answered at own delivery"
+    );
+    cfg.settle();
+    assert_eq!(cfg.log.len(), before + 1, "one message, no acknowledgement");
+    assert!(cfg.nodes.iter().all(|n| n.db().applied() == [7]));
+}
+
+/// The version-only leader rule: a tree with a higher version wins over one with a
+/// higher term (compat mode does not look at terms), so the others get its entries.
+#[test]
+fn compat_leader_is_highest_version_and_out_of_date_members_install_it() {
+    let (mut a, mut b) = (dfsm_node(1, 10), dfsm_node(2, 10));
+    {
+        let mut cfg = Cfg::new(vec![&mut a], true);
+        cfg.settle();
+        for k in 1..=3 {
+            cfg.request(0, k, write(k, &format!("a{k}")));
+        }
+        cfg.settle();
+        assert_eq!(cfg.nodes[0].db().applied(), &[1, 2, 3]);
+    }
+    b.db.set_term(9).unwrap();
+    let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+    cfg.settle();
+    let kinds = cfg.kinds();
+    assert_eq!(kinds[..3], ["sync-start", "state", "state"]);
+    assert_eq!(kinds.last(), Some(&"update-complete"));
+    assert!(
+        kinds[3..kinds.len() - 1].iter().all(|k| *k == "update") && kinds.len() >= 7,
+        "the three files (and the root) from the leader: {kinds:?}"
+    );
+    assert_eq!(
+        cfg.nodes[0].db().index().entries,
+        cfg.nodes[1].db().index().entries
+    );
+    assert_eq!(cfg.nodes[1].db().version(), cfg.nodes[0].db().version());
+    assert_eq!(
+        cfg.nodes[1].db().term(),
+        9,
+        "compat mode never relabels a tree"
+    );
+    assert!(cfg.nodes.iter().all(|n| n.mode() == Mode::Synced));
+}
+
+/// A synced member's write delivered while another member still installs the
+/// leader's tree: the synced ones apply it at once, the installing one after its
+/// install (pmxcfs's sync queue); all end equal.
+#[test]
+fn compat_writes_during_an_update_are_applied_after_the_install() {
+    let (mut a, mut b, mut c) = (dfsm_node(1, 10), dfsm_node(2, 10), dfsm_node(3, 10));
+    {
+        let mut cfg = Cfg::new(vec![&mut a, &mut c], true);
+        cfg.settle();
+        cfg.request(0, 1, write(1, "old"));
+        cfg.settle();
+    }
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    // c delivers the SyncStart and every State first: it is synced (its tree is the
+    // leader's) and writes before the leader sent its updates.
+    for i in [2, 0, 1] {
+        cfg.deliver_to(i, Some(1));
+    }
+    cfg.deliver_to(2, Some(4));
+    assert_eq!(cfg.nodes[2].mode(), Mode::Synced);
+    cfg.request(2, 2, write(2, "new"));
+    cfg.deliver_to(1, Some(5));
+    assert_eq!(cfg.nodes[1].mode(), Mode::Update);
+    assert!(
+        cfg.nodes[1].db().applied().is_empty(),
+        "queued, not applied"
+    );
+    cfg.settle();
+    assert_eq!(cfg.nodes[0].db().applied(), &[1, 2]);
+    assert!(cfg.nodes.iter().all(|n| n.mode() == Mode::Synced));
+    let ix = cfg.nodes[0].db().index();
+    assert!(cfg.nodes.iter().all(|n| n.db().index() == ix));
+    assert_eq!(cfg.replies, vec![(2, 2, Ok(()))]);
+}
+
+/// pmxcfs's queue outlives a membership change without joiners: a pmxcfs peer's
+/// write delivered while the round ran is applied after the next round.
+#[test]
+fn compat_queue_survives_a_leave() {
+    let mut a = dfsm_node(1, 10);
+    let me = a.me();
+    let (p, q) = (Member::new(2, 20), Member::new(3, 30));
+    let deliver = |a: &mut Node<SimDb>, from, seq, body| {
+        a.handle(Event::Deliver {
+            from,
+            msg: Message {
+                seq,
+                time: 1000,
+                body,
+            },
+        })
+    };
+    a.handle(Event::Quorum(true));
+    let start = |a: &mut Node<SimDb>, members: Vec<Member>| {
+        let acts = a.handle(Event::ConfChg {
+            members,
+            left: vec![],
+            joined: vec![],
+        });
+        let m = sent(&acts).remove(0);
+        let Body::SyncStart { epoch, .. } = m.body else {
+            panic!("a is the lowest node")
+        };
+        (m, epoch)
+    };
+    let (ss, _) = start(&mut a, vec![me, p, q]);
+    deliver(&mut a, me, ss.seq, ss.body);
+    // p (a pmxcfs node) writes before the round ends: a queues it.
+    let w = Body::Normal {
+        ops: vec![write(5, "queued")],
+        ack: 0,
+    };
+    deliver(&mut a, p, 10, w);
+    assert!(a.db().applied().is_empty());
+    // q leaves; nobody joins: the queue stays.
+    let (ss, epoch) = start(&mut a, vec![me, p]);
+    let acts = deliver(&mut a, me, ss.seq, ss.body);
+    let state = sent(&acts).remove(0);
+    let index = a.db().index();
+    deliver(&mut a, me, state.seq, state.body);
+    let theirs = Body::State {
+        epoch,
+        quorate: true,
+        promised_proposed_term: false,
+        promised_term: 0,
+        index,
+    };
+    deliver(&mut a, p, 0, theirs);
+    assert_eq!(a.mode(), Mode::Synced);
+    assert_eq!(a.db().applied(), &[5], "applied once both were synced");
+}
+
+/// A write delivered to a member without quorum makes it leave (pmxcfs: "received
+/// write while not quorate - trigger resync"); so does a message its mode does not
+/// expect.
+#[test]
+fn compat_member_leaves_on_a_write_without_quorum_and_on_unexpected_messages() {
+    let (mut a, mut b) = (dfsm_node(1, 10), dfsm_node(2, 10));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+    cfg.settle();
+    cfg.feed(1, Event::Quorum(false));
+    cfg.request(0, 1, write(1, "x"));
+    cfg.settle();
+    assert_eq!(cfg.nodes[0].mode(), Mode::Synced);
+    assert_eq!(cfg.nodes[1].mode(), Mode::Error);
+
+    let mut c = dfsm_node(3, 10);
+    let mut d = dfsm_node(4, 10);
+    let mut cfg = Cfg::new(vec![&mut c, &mut d], true);
+    let epoch = match &cfg.log[0].1.body {
+        Body::SyncStart { epoch, .. } => *epoch,
+        b => panic!("{}", b.kind()),
+    };
+    cfg.deliver_to(1, Some(1));
+    assert_eq!(cfg.nodes[1].mode(), Mode::StartSync);
+    let upd = Message {
+        seq: 0,
+        time: 1000,
+        body: Body::UpdateComplete { epoch },
+    };
+    let from = cfg.nodes[0].me();
+    cfg.feed(1, Event::Deliver { from, msg: upd });
+    assert_eq!(
+        cfg.nodes[1].mode(),
+        Mode::Error,
+        "UpdateComplete while collecting"
+    );
+}
+
+/// VERIFY: equal trees pass; a tree that changed under a member makes it leave.
+#[test]
+fn compat_verify_finds_a_divergent_tree() {
+    let (mut a, mut b) = (dfsm_node(1, 10), dfsm_node(2, 10));
+    let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+    cfg.settle();
+    cfg.feed(0, Event::VerifyNow);
+    cfg.settle();
+    assert_eq!(cfg.nodes[0].verifies(), (1, 0));
+    assert_eq!(cfg.nodes[1].verifies(), (1, 0));
+    cfg.nodes[1].db.apply(&write(9, "rogue"), 2, 1000).unwrap();
+    cfg.feed(0, Event::VerifyNow);
+    cfg.settle();
+    assert_eq!(cfg.nodes[1].verifies(), (2, 1));
+    assert_eq!(cfg.nodes[1].mode(), Mode::Error);
+    assert_eq!(cfg.nodes[0].mode(), Mode::Synced);
+}
+
+/// A restarted pmxcfs-mode member with an old tree is brought up to date.
+#[test]
+fn compat_restarted_member_resyncs() {
+    let (mut a, b) = (dfsm_node(1, 10), dfsm_node(2, 10));
+    let mut b = dfsm_restart(b, 1500);
+    {
+        let mut cfg = Cfg::new(vec![&mut a], true);
+        cfg.settle();
+        cfg.request(0, 1, write(1, "while-b-was-down"));
+        cfg.settle();
+    }
+    let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+    cfg.settle();
+    assert_eq!(cfg.nodes[1].db().read("while-b-was-down"), Some(&b""[..]));
+}

@@ -42,12 +42,27 @@ pub struct Epoch {
     pub nodeid: NodeId,
     /// The starter's pid.
     pub pid: u32,
+    /// The starter's clock when it made the epoch: part of pmxcfs's epoch (its
+    /// `dfsm_sync_epoch_t`), compared with the rest; always 0 in pmxfs's own protocol.
+    pub time: u32,
 }
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.nodeid, self.pid, self.counter)
     }
+}
+
+/// Which protocol a member speaks; both run the same core (DESIGN.md, "Compat mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// pmxfs's own: replication terms, confirmed writes, group commit.
+    #[default]
+    Terms,
+    /// pmxcfs's dfsm, as pmxcfs 9.1.6 runs it (`pve_dcdb_v1`): the version-only leader
+    /// rule, no terms, writes answered at their own delivery, pmxcfs's queues. Its
+    /// guarantees are pmxcfs's.
+    Dfsm,
 }
 
 /// A replication term: the number of a synchronisation round of a quorate configuration
@@ -68,6 +83,9 @@ pub struct DbIndex {
     pub version: u64,
     /// Time of the last write (writer's clock), the first tie breaker.
     pub mtime: u32,
+    /// Node id of the last write's writer: part of pmxcfs's index (compat mode sends
+    /// it); the entries' digests cover it, so it is not compared on its own.
+    pub writer: u32,
     /// `(inode, digest)` of every entry, sorted by inode.
     pub entries: Vec<(u64, Digest)>,
 }

@@ -124,6 +124,18 @@ impl<Op> Writes<Op> {
         batch
     }
 
+    /// The oldest waiting request alone (compat mode sends one write per message).
+    pub fn next_one(&mut self) -> Option<Request<Op>> {
+        self.waiting.pop_front()
+    }
+
+    /// Own message `seq` was delivered: CPG can no longer lose it.
+    pub fn mark_delivered(&mut self, seq: u64) {
+        if let Some(f) = self.in_flight.get_mut(&seq) {
+            f.delivered = true;
+        }
+    }
+
     /// Every waiting request, oldest first.
     pub fn take_waiting(&mut self) -> Vec<Request<Op>> {
         self.waiting.drain(..).collect()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cluster_sync::core::{Action, Event, Member, Mode, Node};
+use cluster_sync::core::{Action, Event, Member, Message, Mode, Node, Protocol};
 use cluster_sync::wire;
 use corosync_sys::{Cmap, Cpg, CpgAddress, CpgEvent, Dispatch, Quorum, QuorumEvent};
 use memdb::codec::MemdbCodec;
@@ -26,8 +26,131 @@ use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use crate::tree::{Metrics, Origin, Replicator, Tree};
 
-/// CPG group of pmxfs nodes (not pmxcfs's `pve_dcdb_v1`: the encoding differs).
+/// CPG group of pmxfs nodes speaking pmxfs's own protocol (pmxcfs's is
+/// [`dcdb_wire::GROUP`], `pve_dcdb_v1`: the encodings differ).
 pub const GROUP: &str = "pmxfs_dcdb_v2";
+
+/// The group a protocol's members join.
+pub fn group(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Terms => GROUP,
+        Protocol::Dfsm => dcdb_wire::GROUP,
+    }
+}
+
+/// Seconds an unchanged lock must have been seen by this node, the lowest, before it
+/// grants another node's unlock request (pmxcfs's `CFS_LOCK_TIMEOUT`).
+pub const UNLOCK_AFTER: u32 = memdb::locks::DEFAULT_LOCK_TIMEOUT;
+
+/// pmxcfs's lock ages (`memdb_lock_expired`): in its protocol a lock expires by the
+/// lowest node's clock, counted from when that node first saw the lock in its current
+/// state (its checksum), not by the lock's mtime.
+#[derive(Debug, Default)]
+struct LockAges {
+    seen: HashMap<String, ([u8; 32], u32)>,
+}
+
+impl LockAges {
+    /// Whether the lock at `path`, in the state `csum`, is older than [`UNLOCK_AFTER`]
+    /// here; a lock seen for the first time, or changed since, starts its count now.
+    fn expired(&mut self, path: &str, csum: [u8; 32], now: u32) -> bool {
+        match self.seen.get_mut(path) {
+            Some((c, since)) if *c == csum => now > *since && now - *since > UNLOCK_AFTER,
+            Some(entry) => {
+                *entry = (csum, now);
+                false
+            }
+            None => {
+                // Bounded by the locks the tree holds: entries go with their lock.
+                self.seen.insert(path.to_string(), (csum, now));
+                false
+            }
+        }
+    }
+
+    /// The lock at `path` was taken or refreshed and is now in the state `csum` (or
+    /// gone): its count starts again.
+    fn start(&mut self, path: &str, csum: Option<[u8; 32]>, now: u32) {
+        match csum {
+            Some(c) => {
+                self.seen.insert(path.to_string(), (c, now));
+            }
+            None => {
+                self.seen.remove(path);
+            }
+        }
+    }
+}
+
+/// Seconds a node may run pmxfs or pmxcfs (it is in the kvstore group, which both
+/// share) without being a member of this node's tree group before this node concludes
+/// it speaks another tree protocol. A daemon starting joins the kvstore group a moment
+/// before the tree group; this is far longer.
+pub const FOREIGN_AFTER: Duration = Duration::from_secs(10);
+
+/// The mixed-protocol guard: nodes that share the cluster but not this node's tree
+/// group keep a tree of their own, and corosync counts them all quorate, so both
+/// groups would accept writes and drift apart (a pmxfs node in pmxfs's protocol
+/// beside pmxcfs nodes, say). pmxcfs cannot tell; so while such nodes are there, this
+/// node refuses writes as if it had no quorum and says why, and the other group (if it
+/// is pmxcfs's) is the only one that accepts them.
+#[derive(Debug, Default)]
+struct Guard {
+    /// Since when the nodes in `foreign` have been seen outside the tree group.
+    since: Option<(std::time::Instant, Vec<u32>)>,
+    /// The guard holds: writes are refused.
+    active: bool,
+}
+
+impl Guard {
+    /// Look again at the kvstore's nodes (`online`) and the tree group's (`members`);
+    /// whether the guard changed.
+    fn check(
+        &mut self,
+        me: u32,
+        online: &[u32],
+        members: &[Member],
+        now: std::time::Instant,
+    ) -> bool {
+        let foreign: Vec<u32> = online
+            .iter()
+            .copied()
+            .filter(|n| *n != me && !members.iter().any(|m| m.nodeid == *n))
+            .collect();
+        // Not a member of its own group (left, joining): nothing to compare yet.
+        let unknown = !members.iter().any(|m| m.nodeid == me);
+        if foreign.is_empty() || unknown {
+            self.since = None;
+            return std::mem::replace(&mut self.active, false);
+        }
+        let since = match &self.since {
+            Some((t, f)) if *f == foreign => *t,
+            _ => {
+                self.since = Some((now, foreign.clone()));
+                now
+            }
+        };
+        let hold = now.duration_since(since) >= FOREIGN_AFTER;
+        if hold && !self.active {
+            tracing::error!(
+                nodes = ?foreign,
+                "these nodes run pmxcfs or pmxfs but are not in this node's tree group: they \
+                 speak another cluster protocol (pmxcfs's pve_dcdb_v1, or pmxfs's own); this \
+                 node refuses writes until every node runs the same --protocol"
+            );
+        }
+        hold != std::mem::replace(&mut self.active, hold)
+    }
+}
+
+/// Encode a message in `protocol`'s wire format.
+fn encode(protocol: Protocol, msg: &Message<Op, Row>) -> Result<Vec<u8>> {
+    match protocol {
+        Protocol::Terms => Ok(wire::encode::<MemdbCodec>(msg)),
+        Protocol::Dfsm => memdb::dcdb::encode(msg)
+            .map_err(|e| anyhow::anyhow!("the core made a message pmxcfs cannot read: {e}")),
+    }
+}
 
 /// Writes handed to the cluster thread and not yet taken by it. A writer beyond it
 /// waits in `submit` (FUSE workers are few, so it never does in practice); the core
@@ -58,10 +181,19 @@ impl AsRawFd for Fd {
     }
 }
 
-/// Start the cluster thread, which checks the tree against the other nodes' every
-/// `verify_every`; returns the replicator for [`Tree::set_replicator`].
-pub fn start(tree: Arc<Tree>, verify_every: Duration) -> Result<ClusterReplicator> {
+/// Start the cluster thread, speaking `protocol`, which checks the tree against the
+/// other nodes' every `verify_every`; returns the replicator for
+/// [`Tree::set_replicator`].
+pub fn start(
+    tree: Arc<Tree>,
+    verify_every: Duration,
+    protocol: Protocol,
+) -> Result<ClusterReplicator> {
     let (tx, rx) = channel(REQUEST_QUEUE);
+    let _ = tree.protocol.set(match protocol {
+        Protocol::Terms => "pmxfs",
+        Protocol::Dfsm => "pmxcfs",
+    });
     std::thread::Builder::new()
         .name("pmxfs-cluster".into())
         .spawn(move || {
@@ -69,15 +201,29 @@ pub fn start(tree: Arc<Tree>, verify_every: Duration) -> Result<ClusterReplicato
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(supervise(tree, rx, verify_every));
+            rt.block_on(supervise(tree, rx, verify_every, protocol));
         })?;
     Ok(ClusterReplicator { tx })
 }
 
-async fn supervise(tree: Arc<Tree>, mut rx: Receiver<Request>, verify_every: Duration) {
+async fn supervise(
+    tree: Arc<Tree>,
+    mut rx: Receiver<Request>,
+    verify_every: Duration,
+    protocol: Protocol,
+) {
     loop {
-        match session(&tree, &mut rx, verify_every).await {
+        match session(&tree, &mut rx, verify_every, protocol).await {
             Ok(()) => return,
+            Err(e) if e.is::<NewerProtocol>() => {
+                // pmxcfs's DFSM_MODE_VERSION_ERROR: never restarted.
+                tracing::error!("{e:#}; this node stays read-only until it is updated");
+                tree.status.set_quorate(false);
+                while let Some((_, reply)) = rx.recv().await {
+                    let _ = reply.send(Err(Errno::EACCES));
+                }
+                return;
+            }
             Err(e) => {
                 tracing::error!("cluster connection lost: {e:#}; read-only until it is back");
                 tree.status.set_quorate(false);
@@ -102,16 +248,23 @@ fn member(a: &CpgAddress) -> Member {
     Member::new(a.nodeid, a.pid)
 }
 
+/// A member sent a message of a newer protocol version than this node speaks.
+#[derive(Debug, thiserror::Error)]
+#[error("detected newer protocol {0} from {1} - please update this node")]
+struct NewerProtocol(u32, Member);
+
 async fn session(
     tree: &Arc<Tree>,
     rx: &mut Receiver<Request>,
     verify_every: Duration,
+    protocol: Protocol,
 ) -> Result<()> {
     let cpg = Cpg::initialize().context("cpg_initialize")?;
     let quorum = Quorum::initialize().context("quorum_initialize")?;
     let cmap = Cmap::initialize().ok();
     quorum.trackstart().context("quorum_trackstart")?;
-    cpg.join(GROUP).context("cpg_join")?;
+    let group = group(protocol);
+    cpg.join(group).context("cpg_join")?;
     let me = cpg.local_get().context("cpg_local_get")?;
     let pid = std::process::id();
     // SAFETY: the descriptors belong to `cpg` and `quorum`, which are declared before
@@ -120,15 +273,59 @@ async fn session(
         .map_err(|e| anyhow::anyhow!("registering the cpg fd: {e:?}"))?;
     let q_fd = unsafe { AsyncFd::register_with_interest(Fd(quorum.fd_get()?), Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the quorum fd: {e:?}"))?;
-    tracing::info!(nodeid = me, group = GROUP, "joined the cluster group");
+    tracing::info!(
+        nodeid = me,
+        group = group.trim_end_matches('\0'),
+        ?protocol,
+        "joined the cluster group"
+    );
 
-    let mut node = Node::new(Member::new(me, pid), tree.replica());
+    let mut node = Node::with_protocol(Member::new(me, pid), tree.replica(), protocol);
     let mut waiting: Waiting = HashMap::new();
-    let mut next_req = 0u64;
+    let next_req = std::cell::Cell::new(0u64);
+    let ages = std::cell::RefCell::new(LockAges::default());
     let m = &tree.metrics;
     let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
         let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
-        let actions = node.handle(ev);
+        let mut actions = node.handle(ev);
+        let mut unlocks = Vec::new();
+        loop {
+            for a in &actions {
+                match a {
+                    Action::Applied { op, outcome, .. } => {
+                        let now = tree.clock.now();
+                        if let Some((path, csum)) = &outcome.unlock_request {
+                            // Only the lowest node answers an unlock request (dcdb_deliver).
+                            let lowest = node.members().first().map(|l| l.nodeid) == Some(me);
+                            if lowest && ages.borrow_mut().expired(path, *csum, now) {
+                                tracing::info!(path, "lock expired: sending unlock");
+                                unlocks.push(Op::Unlock {
+                                    path: path.clone(),
+                                    csum: *csum,
+                                });
+                            }
+                        }
+                        // A lock taken or refreshed starts its count now (memdb_mkdir,
+                        // memdb_mtime).
+                        if let Op::Mkdir { path } | Op::Mtime { path, .. } = op {
+                            if memdb::paths::lock_name(path).is_some() {
+                                let csum = tree.replica().tree().read().entry_csum(path);
+                                ages.borrow_mut().start(path, csum, now);
+                            }
+                        }
+                    }
+                    // pmxcfs forgets every count when it installs a leader's tree
+                    // (memdb_update_locks).
+                    Action::SyncInstalled { .. } => ages.borrow_mut().seen.clear(),
+                    _ => {}
+                }
+            }
+            let Some(op) = unlocks.pop() else { break };
+            let req_id = next_req.get() + 1;
+            next_req.set(req_id);
+            let more = node.handle(Event::LocalRequest { req_id, op });
+            actions.extend(more);
+        }
         let v = node.verifies();
         m.cluster_verifies
             .fetch_add(v.0 - verifies.0, Ordering::Relaxed);
@@ -143,7 +340,7 @@ async fn session(
             match a {
                 Action::Multicast(msg) => {
                     Metrics::bump(&m.cluster_sent);
-                    let bytes = wire::encode::<MemdbCodec>(&msg);
+                    let bytes = encode(protocol, &msg)?;
                     if let Err(e) = cpg.mcast_joined(&[&bytes]) {
                         return Err(anyhow::anyhow!("cpg_mcast_joined: {e}"));
                     }
@@ -181,6 +378,9 @@ async fn session(
 
     let q = quorum.getquorate().unwrap_or(false);
     tree.status.set_quorate(q);
+    // corosync's quorum, and the guard that may override it (`Guard`).
+    let corosync_quorate = std::cell::Cell::new(q);
+    let mut guard = Guard::default();
     run(
         &mut node,
         &mut waiting,
@@ -198,21 +398,30 @@ async fn session(
                 let mut g = g?;
                 let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
                 g.clear_ready();
-                quorum_events(tree, &quorum, &mut node, &mut waiting, &run)?;
+                quorum_events(tree, &quorum, &corosync_quorate, guard.active, &mut node, &mut waiting, &run)?;
                 for e in events {
-                    cpg_event(tree, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
+                    cpg_event(tree, cmap.as_ref(), protocol, &mut node, &mut waiting, &run, e)?;
                 }
             }
             g = q_fd.readable() => {
                 let mut g = g?;
                 g.clear_ready();
-                quorum_events(tree, &quorum, &mut node, &mut waiting, &run)?;
+                quorum_events(tree, &quorum, &corosync_quorate, guard.active, &mut node, &mut waiting, &run)?;
             }
             r = rx.recv() => {
                 let Some((op, reply)) = r else { return Ok(()) };
-                next_req += 1;
-                waiting.insert(next_req, reply);
-                run(&mut node, &mut waiting, Event::LocalRequest { req_id: next_req, op })?;
+                if let Some(pre) = unlock_request(protocol, tree, &op) {
+                    tracing::info!(path = op.path(), "unlock request");
+                    // pmxcfs's utime(0, 0) on a lock: ask the lowest node to release it,
+                    // then send the MTIME, which its tree refuses (EACCES).
+                    let req_id = next_req.get() + 1;
+                    next_req.set(req_id);
+                    run(&mut node, &mut waiting, Event::LocalRequest { req_id, op: pre })?;
+                }
+                let req_id = next_req.get() + 1;
+                next_req.set(req_id);
+                waiting.insert(req_id, reply);
+                run(&mut node, &mut waiting, Event::LocalRequest { req_id, op })?;
             }
             _ = verify.tick() => {
                 run(&mut node, &mut waiting, Event::VerifyNow)?;
@@ -220,17 +429,42 @@ async fn session(
             _ = tick.tick() => {
                 // Also drains anything an edge-triggered wakeup might have left behind.
                 let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
-                quorum_events(tree, &quorum, &mut node, &mut waiting, &run)?;
+                quorum_events(tree, &quorum, &corosync_quorate, guard.active, &mut node, &mut waiting, &run)?;
                 for e in events {
-                    cpg_event(tree, cmap.as_ref(), &mut node, &mut waiting, &run, e)?;
+                    cpg_event(tree, cmap.as_ref(), protocol, &mut node, &mut waiting, &run, e)?;
                 }
                 run(&mut node, &mut waiting, Event::Tick { now: tree.clock.now() })?;
+                let online = tree.status.online();
+                if guard.check(me, &online, node.members(), std::time::Instant::now()) {
+                    let q = corosync_quorate.get() && !guard.active;
+                    tree.status.set_quorate(q);
+                    run(&mut node, &mut waiting, Event::Quorum(q))?;
+                    if !guard.active {
+                        tracing::info!("every node shares this node's tree group again");
+                    }
+                }
             }
         }
     }
 }
 
 type Waiting = HashMap<u64, SyncSender<Result<(), Errno>>>;
+
+/// In pmxcfs's protocol, the UNLOCK_REQUEST a local `utime(path, 0, 0)` on a held lock
+/// sends before its MTIME, with the lock's checksum as this node sees it.
+fn unlock_request(protocol: Protocol, tree: &Tree, op: &Op) -> Option<Op> {
+    let Op::Mtime { path, mtime: 0 } = op else {
+        return None;
+    };
+    if protocol != Protocol::Dfsm || memdb::paths::lock_name(path).is_none() {
+        return None;
+    }
+    let csum = tree.replica().tree().read().entry_csum(path)?;
+    Some(Op::UnlockRequest {
+        path: path.clone(),
+        csum,
+    })
+}
 
 /// Feed every queued quorum notification to the core, whether or not its descriptor
 /// was reported readable yet.
@@ -246,6 +480,8 @@ type Waiting = HashMap<u64, SyncSender<Result<(), Errno>>>;
 fn quorum_events(
     tree: &Tree,
     quorum: &Quorum,
+    corosync_quorate: &std::cell::Cell<bool>,
+    guarded: bool,
     node: &mut Node<Replica>,
     waiting: &mut Waiting,
     run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
@@ -253,8 +489,10 @@ fn quorum_events(
     for e in quorum.dispatch(Dispatch::All).context("quorum_dispatch")? {
         if let QuorumEvent::Quorum { quorate, .. } = e {
             tracing::info!(quorate, "quorum changed");
-            tree.status.set_quorate(quorate);
-            run(node, waiting, Event::Quorum(quorate))?;
+            corosync_quorate.set(quorate);
+            let q = quorate && !guarded;
+            tree.status.set_quorate(q);
+            run(node, waiting, Event::Quorum(q))?;
         }
     }
     Ok(())
@@ -265,6 +503,7 @@ fn quorum_events(
 fn cpg_event(
     tree: &Tree,
     cmap: Option<&Cmap>,
+    protocol: Protocol,
     node: &mut Node<Replica>,
     waiting: &mut Waiting,
     run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
@@ -273,7 +512,7 @@ fn cpg_event(
     match e {
         CpgEvent::Deliver { nodeid, pid, data } => {
             Metrics::bump(&tree.metrics.cluster_delivered);
-            deliver(node, waiting, run, nodeid, pid, &data)
+            deliver(protocol, node, waiting, run, nodeid, pid, &data)
         }
         CpgEvent::ConfChg {
             members,
@@ -298,9 +537,13 @@ fn cpg_event(
     }
 }
 
-/// Decode a delivered message and hand it to the core; malformed ones are logged and
-/// dropped.
+/// Decode a delivered message and hand it to the core. A malformed one is logged and
+/// dropped in pmxfs's protocol; in pmxcfs's it makes this node leave and join again,
+/// which resyncs it (pmxcfs leaves), except one of an older protocol version, which
+/// is ignored, and one of a newer, which stops this node's replication for good, as
+/// pmxcfs's version error does.
 fn deliver(
+    protocol: Protocol,
     node: &mut Node<Replica>,
     waiting: &mut Waiting,
     run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
@@ -308,24 +551,58 @@ fn deliver(
     pid: u32,
     data: &[u8],
 ) -> Result<()> {
-    match wire::decode::<MemdbCodec>(data) {
-        Ok(msg) => run(
-            node,
-            waiting,
-            Event::Deliver {
-                from: Member::new(nodeid, pid),
-                msg,
-            },
-        ),
-        Err(err) => {
-            tracing::warn!(
-                nodeid,
-                pid,
-                len = data.len(),
-                "dropping malformed cluster message: {err}"
-            );
+    let from = Member::new(nodeid, pid);
+    match verdict(protocol, data) {
+        Verdict::Deliver(msg) => run(node, waiting, Event::Deliver { from, msg }),
+        Verdict::Drop(err) => {
+            tracing::warn!(%from, len = data.len(), "dropping malformed cluster message: {err}");
             Ok(())
         }
+        Verdict::Ignore(v) => {
+            tracing::info!(%from, v, "ignoring a message of an older protocol version");
+            Ok(())
+        }
+        Verdict::Leave(e) => anyhow::bail!(
+            "malformed message from {from} ({} bytes): {e}; leaving the group to resync",
+            data.len()
+        ),
+        Verdict::Newer(v) => Err(NewerProtocol(v, from).into()),
+    }
+}
+
+/// What a delivered message makes this node do.
+#[derive(Debug)]
+enum Verdict {
+    /// Hand it to the core.
+    Deliver(Message<Op, Row>),
+    /// pmxfs's protocol: log and drop it (its members never send one).
+    Drop(String),
+    /// pmxcfs's protocol: an older protocol version, ignored (pmxcfs ignores it).
+    Ignore(u32),
+    /// pmxcfs's protocol: malformed, so leave and join again, which resyncs (pmxcfs
+    /// leaves).
+    Leave(String),
+    /// pmxcfs's protocol: a newer protocol version; replication stops for good (pmxcfs's
+    /// version error).
+    Newer(u32),
+}
+
+fn verdict(protocol: Protocol, data: &[u8]) -> Verdict {
+    use dcdb_wire::DcdbError;
+    use memdb::dcdb::DecodeError;
+    match protocol {
+        Protocol::Terms => match wire::decode::<MemdbCodec>(data) {
+            Ok(m) => Verdict::Deliver(m),
+            Err(e) => Verdict::Drop(e.to_string()),
+        },
+        Protocol::Dfsm => match memdb::dcdb::decode(data) {
+            Ok(m) => Verdict::Deliver(m),
+            Err(DecodeError::Dcdb(DcdbError::OlderProtocol(v))) => Verdict::Ignore(v),
+            Err(DecodeError::Dcdb(DcdbError::Wire(
+                pve_status::wire::WireError::NewerProtocol(v),
+            ))) => Verdict::Newer(v),
+            Err(e) => Verdict::Leave(e.to_string()),
+        },
     }
 }
 
@@ -339,4 +616,134 @@ fn publish_members(tree: &Tree, cmap: Option<&Cmap>) -> usize {
     let n = nodes.len();
     tree.status.set_nodelist(name, nodes);
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pmxcfs's `memdb_lock_expired`: counted from when this node first saw the lock
+    /// in its current state; a changed checksum (a refresh) starts the count again.
+    #[test]
+    fn a_lock_expires_by_this_nodes_clock_in_one_state() {
+        let mut a = LockAges::default();
+        let (p, c1, c2) = ("priv/lock/x", [1; 32], [2; 32]);
+        assert!(!a.expired(p, c1, 1000), "first seen");
+        assert!(
+            !a.expired(p, c1, 1000 + UNLOCK_AFTER),
+            "not beyond the timeout"
+        );
+        assert!(a.expired(p, c1, 1001 + UNLOCK_AFTER));
+        assert!(!a.expired(p, c2, 2000), "refreshed: a new state");
+        assert!(!a.expired(p, c2, 2000 + UNLOCK_AFTER));
+        assert!(a.expired(p, c2, 2001 + UNLOCK_AFTER));
+        a.start(p, Some(c1), 5000);
+        assert!(
+            !a.expired(p, c1, 5000 + UNLOCK_AFTER),
+            "taken again: counted anew"
+        );
+        assert!(a.expired(p, c1, 5001 + UNLOCK_AFTER));
+        assert!(
+            !a.expired(p, c1, 4000),
+            "a clock going back never expires it"
+        );
+        a.start(p, None, 6000);
+        assert!(
+            !a.expired(p, c1, 9000),
+            "gone: the next request starts a count"
+        );
+    }
+
+    fn capture(name: &str) -> Vec<u8> {
+        let p = format!(
+            "{}/../dcdb-wire/tests/fixtures/pmxcfs-wire/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    /// pmxcfs's rules for what it cannot take: an older version is ignored, a newer
+    /// one is a version error, anything else malformed makes the node leave.
+    #[test]
+    fn malformed_pmxcfs_messages_get_pmxcfs_reactions() {
+        let good = capture("n1/00018-pve_dcdb_v1.bin");
+        assert!(matches!(
+            verdict(Protocol::Dfsm, &good),
+            Verdict::Deliver(_)
+        ));
+        let mut b = good.clone();
+        b[4] = 0;
+        assert!(matches!(verdict(Protocol::Dfsm, &b), Verdict::Ignore(0)));
+        b[4] = 2;
+        assert!(matches!(verdict(Protocol::Dfsm, &b), Verdict::Newer(2)));
+        assert!(matches!(
+            verdict(Protocol::Dfsm, &good[..10]),
+            Verdict::Leave(_)
+        ));
+        let mut b = good.clone();
+        b[2] = 9; // an unknown dcdb message type
+        assert!(matches!(verdict(Protocol::Dfsm, &b), Verdict::Leave(e) if e.contains("unknown")));
+        assert!(matches!(verdict(Protocol::Terms, &good), Verdict::Drop(_)));
+    }
+
+    /// Every truncation and many byte flips of every captured kind: a verdict each,
+    /// never a panic.
+    #[test]
+    fn no_damaged_capture_panics() {
+        // One of every kind: CREATE, DELETE, MKDIR, MTIME, RENAME, UNLOCK,
+        // UNLOCK_REQUEST, WRITE, STATE, SYNC_START, UPDATE, UPDATE_COMPLETE, VERIFY,
+        // VERIFY_REQUEST.
+        let names = [14, 16, 21, 30, 22, 42, 40, 15, 3, 2, 57, 5, 67, 66]
+            .map(|n| format!("n1/{n:05}-pve_dcdb_v1.bin"));
+        let mut seen = 0;
+        for n in &names {
+            let good = capture(n);
+            for len in 0..good.len() {
+                let _ = verdict(Protocol::Dfsm, &good[..len]);
+                seen += 1;
+            }
+            for i in 0..good.len() {
+                for x in [0x01u8, 0x80, 0xff] {
+                    let mut b = good.clone();
+                    b[i] ^= x;
+                    let _ = verdict(Protocol::Dfsm, &b);
+                    let _ = verdict(Protocol::Terms, &b);
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 1000, "{seen} damaged messages");
+    }
+
+    #[test]
+    fn nodes_outside_the_tree_group_stop_writes_after_a_while() {
+        let t0 = std::time::Instant::now();
+        let m = |n| Member::new(n, 100);
+        let mut g = Guard::default();
+        let members = [m(1), m(2)];
+        assert!(!g.check(1, &[1, 2], &members, t0), "everyone in the group");
+        assert!(!g.check(1, &[1, 2, 3], &members, t0), "n3 just started");
+        assert!(!g.active);
+        let later = t0 + FOREIGN_AFTER;
+        assert!(g.check(1, &[1, 2, 3], &members, later), "n3 stayed outside");
+        assert!(g.active);
+        assert!(!g.check(1, &[1, 2, 3], &members, later + FOREIGN_AFTER));
+        assert!(
+            g.check(1, &[1, 2, 3], &[m(1), m(2), m(3)], later),
+            "n3 joined"
+        );
+        assert!(!g.active);
+        // A different set of outsiders starts its own count.
+        assert!(!g.check(1, &[1, 2, 3], &members, t0));
+        assert!(!g.check(1, &[1, 2, 4], &members, later));
+        assert!(!g.active, "n4 is new: counted from now");
+        // Not in its own group yet: nothing to judge.
+        assert!(!g.check(1, &[1, 2, 4], &[m(2)], later + FOREIGN_AFTER * 2));
+    }
+
+    #[test]
+    fn the_group_follows_the_protocol() {
+        assert_eq!(group(Protocol::Terms), "pmxfs_dcdb_v2");
+        assert_eq!(group(Protocol::Dfsm), "pve_dcdb_v1\0");
+    }
 }

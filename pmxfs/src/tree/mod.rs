@@ -118,6 +118,8 @@ pub struct Tree {
     pub clock: Clock,
     /// The transport carrying requests ("io_uring, N queues" or "/dev/fuse").
     pub transport: OnceLock<String>,
+    /// The cluster protocol the node speaks ("pmxfs" or "pmxcfs"), once it joined.
+    pub protocol: OnceLock<&'static str>,
 }
 
 impl Tree {
@@ -150,6 +152,7 @@ impl Tree {
             metrics: Metrics::default(),
             clock: Clock::default(),
             transport: OnceLock::new(),
+            protocol: OnceLock::new(),
         })
     }
 

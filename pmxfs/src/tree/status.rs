@@ -125,6 +125,12 @@ impl Status {
         self.bump_clinfo_version();
     }
 
+    /// The node ids of the kvstore group's membership: every node that runs pmxcfs or
+    /// pmxfs, whatever its tree protocol, since both share that group.
+    pub fn online(&self) -> Vec<u32> {
+        self.cluster.lock().online.clone()
+    }
+
     /// The nodes' addresses from the kvstore (`ip`); bumps the clinfo counter if they
     /// changed.
     pub fn set_ips(&self, ips: BTreeMap<String, String>) {
