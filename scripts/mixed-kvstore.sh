@@ -2,8 +2,9 @@
 # Manual interoperability check, not part of CI: pmxfs and the real pmxcfs 9.1.6 share
 # the status kvstore (CPG group `pve_kvstore_v1`, pve-ipc.md §2 and §3) in one corosync
 # cluster. Node n1 runs pmxfs and node n2 pmxcfs (PMXCFS_NODE=1 swaps them, so that
-# pmxcfs is the lowest node id and opens every sync round); their trees stay separate (pmxfs
-# replicates on its own group `pmxfs_dcdb_v2`), only the kvstore is shared. Through the
+# pmxcfs is the lowest node id and opens every sync round). pmxfs runs with `--protocol
+# pmxcfs`, so they share the tree too (scripts/mixed-cluster.sh checks that); this script
+# checks the kvstore. Through the
 # `pve2` IPC service of each node (tests/support/ipc_call.rs) it checks:
 #   a. SET_STATUS kv/mixed on one node is returned by GET_STATUS (key, node) on the other
 #   b. LOG_CLUSTER_MSG on each node; GET_CLUSTER_LOG shows both entries on both nodes,
@@ -200,7 +201,7 @@ HOLDER=$PMXCFS_HOLDER
 mkdir -p "$FS_MNT" "$FS_RRD" "$DIR/n$F/run"
 cp "$DIR/n$F/corosync.conf" "$DIR/n$F/pve-corosync.conf"
 PMXFS_RUN_DIR=$DIR/n$F/run nsenter --net="/run/netns/pmx$F" -- "$PMXFS_BIN" --foreground \
-  --nodename "n$F" --mount "$FS_MNT" --db "$DIR/n$F/config.db" \
+  --protocol pmxcfs --nodename "n$F" --mount "$FS_MNT" --db "$DIR/n$F/config.db" \
   --corosync-conf "$DIR/n$F/pve-corosync.conf" --rrd-dir "$FS_RRD" --rrdcached "" \
   --pidfile "$DIR/n$F/pmxfs.pid" --restart-flag "$DIR/n$F/restart-flag" \
   >"$FS_LOG" 2>&1 </dev/null &

@@ -289,8 +289,12 @@ async fn session(
         let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
         let mut actions = node.handle(ev);
         let mut unlocks = Vec::new();
+        // Each action is looked at once: an unlock this node sends makes more actions,
+        // which are looked at in the next pass.
+        let mut seen = 0;
         loop {
-            for a in &actions {
+            let fresh = actions.len();
+            for a in &actions[seen..] {
                 match a {
                     Action::Applied { op, outcome, .. } => {
                         let now = tree.clock.now();
@@ -320,6 +324,7 @@ async fn session(
                     _ => {}
                 }
             }
+            seen = fresh;
             let Some(op) = unlocks.pop() else { break };
             let req_id = next_req.get() + 1;
             next_req.set(req_id);
