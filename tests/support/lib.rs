@@ -176,7 +176,13 @@ impl Pmxfs {
 
     /// Ask the control socket.
     pub fn request(&self, req: Value) -> Value {
-        control_request(&self.run, req)
+        let sock = std::fs::read_dir(&self.run)
+            .expect("run dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sock"))
+            .expect("control socket");
+        control_request(&sock, req)
     }
 
     /// `status` document.
@@ -290,15 +296,9 @@ impl Drop for Pmxfs {
     }
 }
 
-/// One request on the control socket in the run directory `run`, and its reply.
-fn control_request(run: &Path, req: Value) -> Value {
+/// One request on the control socket `sock`, and its reply.
+fn control_request(sock: &Path, req: Value) -> Value {
     use std::io::{BufRead, BufReader, Write};
-    let sock = std::fs::read_dir(run)
-        .expect("run dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sock"))
-        .expect("control socket");
     let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
     writeln!(s, "{req}").unwrap();
     let mut line = String::new();
@@ -537,7 +537,7 @@ impl Cluster {
 
     /// Ask node `k`'s control socket (its `--debug-hooks` commands among others).
     pub fn request(&self, k: usize, req: Value) -> Value {
-        control_request(&self.dir.join(format!("n{k}/run")), req)
+        control_request(&pmxfs::control::socket_path(&self.mnt(k)), req)
     }
 
     /// `pmxfs status --json` of node `k`.

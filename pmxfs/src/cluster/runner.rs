@@ -212,8 +212,11 @@ async fn supervise(
     verify_every: Duration,
     protocol: Protocol,
 ) {
+    // The guard outlives a session: a node it stops may leave and join again (a write
+    // delivered to it without quorum makes it resync), and must not forget why.
+    let mut guard = Guard::default();
     loop {
-        match session(&tree, &mut rx, verify_every, protocol).await {
+        match session(&tree, &mut rx, verify_every, protocol, &mut guard).await {
             Ok(()) => return,
             Err(e) if e.is::<NewerProtocol>() => {
                 // pmxcfs's DFSM_MODE_VERSION_ERROR: never restarted.
@@ -258,6 +261,7 @@ async fn session(
     rx: &mut Receiver<Request>,
     verify_every: Duration,
     protocol: Protocol,
+    guard: &mut Guard,
 ) -> Result<()> {
     let cpg = Cpg::initialize().context("cpg_initialize")?;
     let quorum = Quorum::initialize().context("quorum_initialize")?;
@@ -382,10 +386,10 @@ async fn session(
     };
 
     let q = quorum.getquorate().unwrap_or(false);
-    tree.status.set_quorate(q);
     // corosync's quorum, and the guard that may override it (`Guard`).
     let corosync_quorate = std::cell::Cell::new(q);
-    let mut guard = Guard::default();
+    let q = q && !guard.active;
+    tree.status.set_quorate(q);
     run(
         &mut node,
         &mut waiting,
