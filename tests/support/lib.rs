@@ -484,6 +484,18 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr),
             c.logs()
         );
+        if with_pmxfs {
+            // A mount is up before its cluster thread joined the group, which it retries
+            // if corosync's library is not ready yet: tests start once every node is in.
+            let joined = wait_until(Duration::from_secs(30), || {
+                (1..=n).all(|k| c.status(k)["quorate"] == true)
+            });
+            assert!(
+                joined.is_some(),
+                "not every node became quorate\n{}",
+                c.logs()
+            );
+        }
         c
     }
 
