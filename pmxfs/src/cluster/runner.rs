@@ -117,9 +117,12 @@ impl Guard {
             .copied()
             .filter(|n| *n != me && !members.iter().any(|m| m.nodeid == *n))
             .collect();
-        // Not a member of its own group (left, joining): nothing to compare yet.
-        let unknown = !members.iter().any(|m| m.nodeid == me);
-        if foreign.is_empty() || unknown {
+        // Not a member of its own group yet (joining again, say): nothing to judge by,
+        // so the guard stays as it is.
+        if !members.iter().any(|m| m.nodeid == me) {
+            return false;
+        }
+        if foreign.is_empty() {
             self.since = None;
             return std::mem::replace(&mut self.active, false);
         }
@@ -746,8 +749,11 @@ mod tests {
         assert!(!g.check(1, &[1, 2, 3], &members, t0));
         assert!(!g.check(1, &[1, 2, 4], &members, later));
         assert!(!g.active, "n4 is new: counted from now");
-        // Not in its own group yet: nothing to judge.
+        // Not in its own group yet (joining again): the guard stays as it was.
+        assert!(g.check(1, &[1, 2, 4], &members, later + FOREIGN_AFTER));
+        assert!(g.active);
         assert!(!g.check(1, &[1, 2, 4], &[m(2)], later + FOREIGN_AFTER * 2));
+        assert!(g.active, "rejoining does not lift the guard");
     }
 
     #[test]
