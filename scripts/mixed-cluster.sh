@@ -154,18 +154,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pass() { CHECKS=$((CHECKS + 1)); echo "PASS $*"; }
-fail() { CHECKS=$((CHECKS + 1)); FAILS=$((FAILS + 1)); echo "FAIL $*"; }
-info() { echo "     $*"; }
-poll() { # poll SECS CMD...: until CMD succeeds, every 0.2 s
-  local end=$(($(date +%s%N) + $1 * 1000000000))
-  shift
-  while :; do
-    "$@" && return 0
-    [ "$(date +%s%N)" -ge "$end" ] && return 1
-    sleep 0.2
-  done
-}
 
 # tree K: every entry of node K's tree (files with their size, mode and sha256, and
 # directories) but the virtual files at the root (dot files, the symlinks).

@@ -114,21 +114,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pass() { CHECKS=$((CHECKS + 1)); echo "PASS $*"; }
-fail() { CHECKS=$((CHECKS + 1)); FAILS=$((FAILS + 1)); echo "FAIL $*"; }
-info() { echo "     $*"; }
-
-# poll SECS CMD...: run CMD every 0.2 s until it succeeds; fails after SECS seconds.
-poll() {
-  local end=$(($(date +%s%N) + $1 * 1000000000))
-  shift
-  while :; do
-    "$@" && return 0
-    [ "$(date +%s%N)" -ge "$end" ] && return 1
-    sleep 0.2
-  done
-}
-
 # --- request payloads (pve-ipc.md §1.4), as hex
 hex() { printf '%s' "$1" | xxd -p | tr -d '\n'; }
 zeros() { printf "%0$(($1 * 2))d" 0; }

@@ -1,5 +1,6 @@
 # Sourced (not run) by the scripts that run the reference pmxcfs 9.1.6 beside pmxfs:
-# bench-ipc.sh, bench-fs.sh, bench-wear.sh, bench-cluster.sh and mixed-kvstore.sh.
+# bench-ipc.sh, bench-fs.sh, bench-wear.sh, bench-cluster.sh, mixed-kvstore.sh and
+# mixed-cluster.sh. The last two also use its check helpers (pass, fail, info, poll).
 # pmxcfs hard-codes /etc/pve, /var/lib/pve-cluster, /run/pve-cluster and the abstract
 # socket @pve2, so it runs in private mount and UTS namespaces held open by a `sleep`
 # (the holder): overlays on /etc and /var/lib, a tmpfs on /run, its own host name.
@@ -63,4 +64,20 @@ pmxcfs_ns() {
   done
   echo "pmxcfs namespace setup failed: $(cat "$t.log")" >&2
   return 1
+}
+
+# The mixed scripts' checks: pass/fail count into CHECKS and FAILS.
+pass() { CHECKS=$((CHECKS + 1)); echo "PASS $*"; }
+fail() { CHECKS=$((CHECKS + 1)); FAILS=$((FAILS + 1)); echo "FAIL $*"; }
+info() { echo "     $*"; }
+
+# poll SECS CMD...: run CMD every 0.2 s until it succeeds; fails after SECS seconds.
+poll() {
+  local end=$(($(date +%s%N) + $1 * 1000000000))
+  shift
+  while :; do
+    "$@" && return 0
+    [ "$(date +%s%N)" -ge "$end" ] && return 1
+    sleep 0.2
+  done
 }
