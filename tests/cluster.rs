@@ -614,6 +614,140 @@ fn mixed_protocols(c: &Cluster) {
     eprintln!("mixed protocols: writes refused after {all:?}, back {back:?} after the fix");
 }
 
+/// The rolling upgrade (README, "Mixed clusters and upgrading"): three nodes in
+/// pmxcfs's protocol are restarted one by one with `--protocol auto`, the drop-in's.
+/// While one node does not offer the switch, every round ends in pmxcfs's protocol;
+/// once the last one does, all three switch at one sync round, to one term, and go on
+/// in pmxfs's own protocol with the tree they had. A node restarted after that comes
+/// back in pmxfs's protocol; one started with `--protocol pmxcfs` (as pmxcfs itself
+/// would be) is refused: it stops with pmxcfs's version error and refuses writes, and
+/// the others go on writing (the guard does not count it as another cluster); a node
+/// whose database was set aside joins in pmxcfs's protocol, is told, and switches.
+#[test]
+fn rolling_upgrade_from_pmxcfs_protocol() {
+    let base = "--verify-every 2";
+    let c = Cluster::up(3, &format!("--protocol pmxcfs {base}"));
+    write(&c.mnt(1).join("before-upgrade"), "kept").unwrap();
+    let auto = format!("--protocol auto {base}");
+    let log = |k: usize| fs::read_to_string(c.dir.join(format!("n{k}/pmxfs.log"))).unwrap();
+    let restart = |k: usize, args: &str| {
+        c.script("pmxfs-stop", k);
+        c.script_env("pmxfs-start", k, &[("PMXFS_START_ARGS", args)]);
+    };
+    let speaks = |k: usize| {
+        c.status(k)["cluster_protocol"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    restart(1, &auto);
+    restart(2, &auto);
+    // n2's first round decided (it logs the decision where it logs the States): n3
+    // did not offer the switch, so nobody switched.
+    let decided = wait_until(Duration::from_secs(30), || {
+        log(2).contains("all states received")
+    });
+    assert!(decided.is_some(), "n2 never synced\n{}", c.logs());
+    assert!(!log(2).contains("offers the switch"), "{}", log(2));
+    for k in 1..=3 {
+        assert_eq!(
+            speaks(k),
+            "pmxcfs",
+            "n{k} switched without n3\n{}",
+            c.logs()
+        );
+    }
+    assert_eq!(c.status(1)["protocol_switch"]["mode"], "auto");
+    restart(3, &auto);
+    let switched = wait_until(Duration::from_secs(30), || {
+        (1..=3).all(|k| speaks(k) == "pmxfs")
+    });
+    assert!(switched.is_some(), "no switch\n{}", c.logs());
+    let term = c.status(1)["protocol_switch"]["switched_at"].clone();
+    assert!(term.is_u64(), "switched_at {term}");
+    for k in 1..=3 {
+        assert_eq!(c.status(k)["protocol_switch"]["switched_at"], term, "n{k}");
+        assert!(log(k).contains("switched from pmxcfs's protocol"), "n{k}");
+    }
+    let everywhere = |name: &str, from: usize| {
+        write(&c.mnt(from).join(name), name)
+            .unwrap_or_else(|e| panic!("n{from}: {e}\n{}", c.logs()));
+        let seen = wait_until(Duration::from_secs(10), || {
+            (1..=3).all(|k| fs::read_to_string(c.mnt(k).join(name)).ok().as_deref() == Some(name))
+        });
+        assert!(
+            seen.is_some(),
+            "{name} from n{from} not everywhere\n{}",
+            c.logs()
+        );
+    };
+    for k in 1..=3 {
+        assert_eq!(
+            fs::read_to_string(c.mnt(k).join("before-upgrade")).unwrap(),
+            "kept"
+        );
+        everywhere(&format!("after-upgrade-{k}"), k);
+    }
+    // A restart after the switch: pmxfs's protocol at once.
+    restart(2, &auto);
+    assert_eq!(speaks(2), "pmxfs");
+    everywhere("after-restart", 2);
+    // pmxcfs's protocol on n3 (what pmxcfs itself would do): refused.
+    restart(3, &format!("--protocol pmxcfs {base}"));
+    let refused = wait_until(Duration::from_secs(20), || {
+        log(3).contains("detected newer protocol")
+            && c.status(1)["protocol_switch"]["refused"]
+                .as_array()
+                .is_some_and(|r| r.contains(&serde_json::json!(3)))
+    });
+    assert!(refused.is_some(), "n3 not refused\n{}", c.logs());
+    let e = write(&c.mnt(3).join("from-refused"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "n3: {e}");
+    // Longer than the guard takes to stop writes on a node another group could race:
+    // a refused node is not one.
+    let t0 = std::time::Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < pmxfs::cluster::runner::FOREIGN_AFTER + Duration::from_secs(3) {
+        for k in [1, 2] {
+            write(
+                &c.mnt(k).join(format!("beside-refused-{k}")),
+                &i.to_string(),
+            )
+            .unwrap_or_else(|e| panic!("n{k} after {:?}: {e}\n{}", t0.elapsed(), c.logs()));
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A node set anew joins in pmxcfs's protocol, is told, switches, and takes the
+    // cluster's tree.
+    c.script("pmxfs-stop", 3);
+    let out = Command::new(bin("pmxfs"))
+        .args(["db", "set-aside", "--db"])
+        .arg(c.dir.join("n3/config.db"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "set-aside: {out:?}");
+    c.script_env("pmxfs-start", 3, &[("PMXFS_START_ARGS", &auto)]);
+    let late = wait_until(Duration::from_secs(30), || {
+        speaks(3) == "pmxfs"
+            && fs::read_to_string(c.mnt(3).join("after-restart"))
+                .ok()
+                .as_deref()
+                == Some("after-restart")
+    });
+    assert!(
+        late.is_some(),
+        "the new n3 did not switch and sync\n{}",
+        c.logs()
+    );
+    assert!(log(3).contains("says the cluster switched"), "{}", log(3));
+    everywhere("after-late-switch", 3);
+    eprintln!(
+        "upgrade: switched {switched:?} after the last restart at term {term}; refused \
+         after {refused:?}; the set-aside node switched after {late:?}"
+    );
+}
+
 /// The same probe with the legacy behaviour (no invalidation, 5 s attribute cache)
 /// must be able to fail: this is what made clusters rotate their auth key twice.
 #[test]

@@ -80,6 +80,13 @@ pub struct Checker {
     /// Compat mode: writes applied in a configuration without quorum (pmxcfs applies
     /// a lone member's queue at its confchg, before corosync's quorum notification).
     pub applied_unquorate: usize,
+    /// Across the switch: requests acknowledged by a node in pmxcfs's protocol, whose
+    /// loss is pmxcfs's window (counted), unlike those the term protocol acknowledged.
+    acked_compat: BTreeSet<OpId>,
+    /// Across the switch: trees labelled at most this (the switch's term) may share a
+    /// (term, version) with different content: the switch labels pmxcfs's trees,
+    /// which have no terms, and writes under the term protocol get higher labels.
+    pub label_floor: Option<u64>,
 }
 
 impl Checker {
@@ -103,9 +110,16 @@ impl Checker {
         }
     }
 
-    /// Node `i` applied request `id` in a configuration that is `quorate`.
-    pub fn applied(&mut self, i: usize, id: OpId, quorate: bool) -> Result<(), Violation> {
-        if !quorate && self.compat {
+    /// Node `i` applied request `id` in a configuration that is `quorate`; `compat`:
+    /// node `i` speaks pmxcfs's protocol (across the switch; always, in compat mode).
+    pub fn applied(
+        &mut self,
+        i: usize,
+        id: OpId,
+        quorate: bool,
+        compat: bool,
+    ) -> Result<(), Violation> {
+        if !quorate && (self.compat || compat) {
             self.applied_unquorate += 1;
         } else if !quorate {
             return Err(format!("n{} applied op {id} without quorum", i + 1));
@@ -147,13 +161,22 @@ impl Checker {
         Ok(())
     }
 
-    /// A request was answered.
-    pub fn answered(&mut self, id: OpId, result: Result<(), Errno>) -> Result<(), Violation> {
+    /// A request was answered, by a node in pmxcfs's protocol if `compat`.
+    pub fn answered(
+        &mut self,
+        id: OpId,
+        result: Result<(), Errno>,
+        compat: bool,
+    ) -> Result<(), Violation> {
+        let compat = compat || self.compat;
         match result {
             Ok(()) => {
+                if compat {
+                    self.acked_compat.insert(id);
+                }
                 // The guarantee itself, checked where it is given: no writer answers
                 // before a majority of the nodes holds its write.
-                if !self.durable.contains(&id) && self.compat {
+                if !self.durable.contains(&id) && compat {
                     self.acked_unheld += 1;
                 } else if !self.durable.contains(&id) {
                     return Err(format!(
@@ -184,7 +207,7 @@ impl Checker {
             return Ok(());
         }
         let key = (db.term(), db.root_version().version);
-        if self.last_key[i] == Some(key) {
+        if self.last_key[i] == Some(key) || self.label_floor.is_some_and(|f| key.0 <= f) {
             return Ok(());
         }
         self.last_key[i] = Some(key);
@@ -237,7 +260,7 @@ impl Checker {
             return Err("an op was applied twice".into());
         }
         for id in &self.acked {
-            if !history.contains(id) && self.compat {
+            if !history.contains(id) && (self.compat || self.acked_compat.contains(id)) {
                 self.acked_lost += 1;
             } else if !history.contains(id) {
                 let held = if self.durable.contains(id) {

@@ -57,7 +57,8 @@ impl Disk {
             limits,
         )
         .map_err(|e| e.to_string())?
-        .with_terms(meta("term"), meta("promised_term"));
+        .with_terms(meta("term"), meta("promised_term"))
+        .with_switch(meta(memdb::store::SWITCHED_AT));
         db.set_lock_timeout(lock_timeout);
         Ok(db)
     }

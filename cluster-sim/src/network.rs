@@ -5,7 +5,10 @@
 //! it). Every member delivers the log at its own pace; when the configuration ends, one
 //! cut point at or after the furthest delivery is chosen, every surviving member
 //! delivers exactly the prefix up to it and nobody the rest, then each enters its next
-//! configuration (quorum, then confchg). Quorum is a majority of all nodes. With late
+//! configuration (quorum, then confchg). Quorum is a majority of all nodes in the
+//! configuration: corosync's, since every running node is in the group; across the
+//! protocol switch, pmxfs's group may hold fewer nodes than corosync counts, and its
+//! adapter then feeds the core that rule too (`QuorumView` in the daemon). With late
 //! quorum notifications, a member's notification may come after its confchg, but always
 //! before its next delivery, as the daemon's adapter guarantees.
 use std::collections::BTreeMap;
@@ -139,7 +142,7 @@ impl Network {
     }
 
     /// Recompute the configurations from the partition groups of the live nodes
-    /// (`live[i]` is node `i`'s member, `None` if it is down).
+    /// (`live[i]` is node `i`'s member, `None` if it is down or not in this group).
     pub fn reconfigure(&mut self, live: &[Option<Member>], rng: &mut Rng, log: &mut Vec<String>) {
         let mut comps: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, m) in live.iter().enumerate() {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cluster_sync::core::{Action, Body, Event, Member, Mode, Node, Protocol};
+use cluster_sync::core::{Action, Body, Event, Member, Mode, Node, Protocol, ReqId, Sentinel};
 use cluster_sync::wire;
 use memdb::codec::MemdbCodec;
 use memdb::replica::Replica;
@@ -80,6 +80,12 @@ pub struct SimConfig {
     /// acknowledged writes a majority never held, and acknowledged writes missing at
     /// the end, are pmxcfs's known window: counted in the report, not failures.
     pub protocol: Protocol,
+    /// The rolling upgrade: every node starts in pmxcfs's protocol as `--protocol
+    /// auto` does, offers the switch from a step drawn per seed on (when the last
+    /// pmxcfs node would have been replaced), and switches; the faults go on across
+    /// it. What a node in pmxcfs's protocol acknowledged is counted as in compat mode;
+    /// what the term protocol acknowledged must never be lost.
+    pub upgrade: bool,
 }
 
 impl Default for SimConfig {
@@ -90,6 +96,7 @@ impl Default for SimConfig {
             trace_lines: 150,
             mix: None,
             protocol: Protocol::Terms,
+            upgrade: false,
         }
     }
 }
@@ -132,6 +139,12 @@ pub struct Report {
     pub acked_lost: usize,
     /// Compat mode: writes applied in a configuration without quorum.
     pub applied_unquorate: usize,
+    /// Upgrade: nodes that switched at a switch round's end.
+    pub switched: usize,
+    /// Upgrade: nodes that switched when a switched node told them.
+    pub switched_late: usize,
+    /// Upgrade: requests the term protocol acknowledged (never lost).
+    pub acked_after_switch: usize,
 }
 
 impl Report {
@@ -141,6 +154,9 @@ impl Report {
         self.acked_unheld += o.acked_unheld;
         self.acked_lost += o.acked_lost;
         self.applied_unquorate += o.applied_unquorate;
+        self.switched += o.switched;
+        self.switched_late += o.switched_late;
+        self.acked_after_switch += o.acked_after_switch;
         for (k, v) in &o.acked {
             *self.acked.entry(*k).or_default() += v;
         }
@@ -198,11 +214,35 @@ struct SimNode {
     disk: Disk,
     /// The core stopped (a storage fault); the adapter restarts it.
     stopped: bool,
+    /// Upgrade: the core switched (`Action::Switched`), to be replaced by a term-protocol
+    /// core; its term and unanswered requests.
+    switching: Option<(u64, Vec<(ReqId, Op)>)>,
+    /// Upgrade: the node's sentinel in pmxcfs's group, once it switched.
+    sentinel: Option<Sentinel>,
 }
 
+/// Upgrade: the term-protocol core's pid is the process's plus this, in the
+/// simulator only, so that its epochs (which restart with the core) never meet the
+/// replaced compat core's in the checker's books; the daemon keeps one pid, its two
+/// cores live in two groups.
+const TERMS_PID: u32 = 1 << 20;
+
 impl SimNode {
+    /// In pmxcfs's group: the compat core, or the sentinel.
     fn member(&self) -> Member {
         Member::new(self.nodeid, self.pid)
+    }
+
+    /// In pmxfs's group, after the switch.
+    fn term_member(&self) -> Member {
+        Member::new(self.nodeid, self.pid + TERMS_PID)
+    }
+
+    /// The core speaks pmxcfs's protocol.
+    fn compat(&self) -> bool {
+        self.core
+            .as_ref()
+            .is_some_and(|c| c.protocol() == Protocol::Dfsm)
     }
 }
 
@@ -215,7 +255,12 @@ struct World {
     mix: Mix,
     n: usize,
     nodes: Vec<SimNode>,
+    /// The group of the nodes' protocol (pmxcfs's across an upgrade).
     net: Network,
+    /// Upgrade: pmxfs's group, which switched nodes move to.
+    net2: Network,
+    /// Upgrade: the step from which nodes offer the switch.
+    upgrade_at: Option<usize>,
     work: Workload,
     check: Checker,
     /// Time each lock request was applied on its writer's node, and whether it took
@@ -238,8 +283,14 @@ fn genesis() -> MemDb {
     db
 }
 
-fn core_of(member: Member, disk: &Disk, protocol: Protocol) -> R<Node<Replica>> {
-    let mut db = disk.load(Limits::default(), LOCK_TIMEOUT)?;
+/// The core a (re)started node runs: `protocol`'s, or the term protocol's if it
+/// switched before (the daemon reads that from its database too).
+fn core_of(nd: &SimNode, protocol: Protocol) -> R<Node<Replica>> {
+    let mut db = nd.disk.load(Limits::default(), LOCK_TIMEOUT)?;
+    let (protocol, member) = match db.switched_at() {
+        Some(_) => (Protocol::Terms, nd.term_member()),
+        None => (protocol, nd.member()),
+    };
     if protocol == Protocol::Dfsm {
         // pmxcfs's tree rules, as the daemon sets them in its protocol.
         db.set_dialect(memdb::Dialect::Pmxcfs);
@@ -285,29 +336,44 @@ impl World {
         let n = cfg.nodes.unwrap_or_else(|| 3 + rng.below(3));
         let mix = cfg.mix.unwrap_or_else(|| Mix::draw(&mut rng));
         let g = genesis();
+        let protocol = if cfg.upgrade {
+            Protocol::Dfsm
+        } else {
+            cfg.protocol
+        };
         let mut nodes = Vec::new();
         for i in 0..n {
-            let disk = Disk::with(&g);
-            let member = Member::new(i as u32 + 1, 1000);
-            nodes.push(SimNode {
-                nodeid: member.nodeid,
-                pid: member.pid,
-                core: Some(core_of(member, &disk, cfg.protocol)?),
-                disk,
+            let mut nd = SimNode {
+                nodeid: i as u32 + 1,
+                pid: 1000,
+                core: None,
+                disk: Disk::with(&g),
                 stopped: false,
-            });
+                switching: None,
+                sentinel: None,
+            };
+            nd.core = Some(core_of(&nd, protocol)?);
+            nodes.push(nd);
         }
         let work = Workload::new(n, mix.clients, &mut rng, false);
+        let upgrade_at = cfg.upgrade.then(|| rng.below(cfg.steps.max(1)));
+        let mut check = Checker::new(n, protocol == Protocol::Dfsm && !cfg.upgrade);
+        if cfg.upgrade {
+            // pmxcfs's trees carry no terms: every genesis label is 0.
+            check.label_floor = Some(0);
+        }
         Ok(World {
             seed,
-            protocol: cfg.protocol,
+            protocol,
             rng,
             mix,
             n,
             nodes,
             net: Network::new(n, mix.late_quorum),
+            net2: Network::new(n, mix.late_quorum),
+            upgrade_at,
             work,
-            check: Checker::new(n, cfg.protocol == Protocol::Dfsm),
+            check,
             local_lock: BTreeMap::new(),
             now: 1_000_000,
             step: 0,
@@ -333,19 +399,37 @@ impl World {
         self.nodes[i].core.is_some()
     }
 
-    fn live_members(&self) -> Vec<Option<Member>> {
-        self.nodes
+    fn reconfigure(&mut self) {
+        // pmxcfs's group holds every running node (a switched one by its sentinel),
+        // pmxfs's group the switched ones.
+        let live: Vec<Option<Member>> = self
+            .nodes
             .iter()
             .map(|nd| nd.core.as_ref().map(|_| nd.member()))
-            .collect()
-    }
-
-    fn reconfigure(&mut self) {
-        let live = self.live_members();
+            .collect();
+        let live2: Vec<Option<Member>> = self
+            .nodes
+            .iter()
+            .map(|nd| (nd.core.is_some() && !nd.compat()).then(|| nd.term_member()))
+            .collect();
         let mut lines = Vec::new();
         self.net.reconfigure(&live, &mut self.rng, &mut lines);
+        if self.upgrade_at.is_some() {
+            let mut l2 = Vec::new();
+            self.net2.reconfigure(&live2, &mut self.rng, &mut l2);
+            lines.extend(l2.into_iter().map(|l| format!("pmxfs group: {l}")));
+        }
         for l in lines {
             self.log(l);
+        }
+    }
+
+    /// The group node `i`'s core speaks in.
+    fn net_of(&self, i: usize) -> &Network {
+        if self.nodes[i].compat() || self.upgrade_at.is_none() {
+            &self.net
+        } else {
+            &self.net2
         }
     }
 
@@ -363,6 +447,9 @@ impl World {
                 "n{} failed the tree check ({checks} checks)",
                 i + 1
             ));
+        }
+        if let Some((term, pending)) = self.nodes[i].switching.take() {
+            self.switch(i, term, pending)?;
         }
         if let Some(core) = &self.nodes[i].core {
             let db = core.db().tree().read();
@@ -382,24 +469,91 @@ impl World {
         Ok(())
     }
 
+    /// Upgrade: node `i`'s compat core switched at `term`: the node records it, keeps
+    /// a sentinel in pmxcfs's group (which tells everyone there at once), and goes on
+    /// with a term-protocol core on the same tree, joining pmxfs's group, handed the
+    /// requests the old core left unanswered.
+    fn switch(&mut self, i: usize, term: u64, pending: Vec<(ReqId, Op)>) -> R<()> {
+        let old = self.nodes[i].core.take().expect("a switching node runs");
+        let db = old.into_db();
+        let recorded = db.tree().write().set_switched(term);
+        if let Err(e) = recorded {
+            // The daemon's runner fails the session and joins pmxcfs's group again;
+            // a switched node tells it there.
+            self.log(format!("n{} could not record the switch: {e}", i + 1));
+            let member = self.nodes[i].member();
+            self.nodes[i].core = Some(Node::with_protocol(member, db, Protocol::Dfsm));
+            self.nodes[i].stopped = true;
+            return Ok(());
+        }
+        db.tree().write().set_dialect(memdb::Dialect::Pmxfs);
+        self.log(format!(
+            "n{} SWITCHED at term {term}, {} requests carried over",
+            i + 1,
+            pending.len()
+        ));
+        self.check.label_floor = Some(self.check.label_floor.unwrap_or(0).max(term));
+        self.report.switched += 1;
+        let member = self.nodes[i].term_member();
+        self.nodes[i].core = Some(Node::with_protocol(member, db, Protocol::Terms));
+        self.nodes[i].sentinel = Some(Sentinel::default());
+        self.announce(i)?;
+        let now = self.now;
+        self.feed(i, Event::Tick { now })?;
+        let n = self.n;
+        self.feed(i, Event::Nodes(n))?;
+        self.reconfigure();
+        for (req_id, op) in pending {
+            self.feed(i, Event::LocalRequest { req_id, op })?;
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s sentinel tells pmxcfs's group that the cluster switched.
+    fn announce(&mut self, i: usize) -> R<()> {
+        let term = self.nodes[i]
+            .core
+            .as_ref()
+            .and_then(|c| c.db().tree().read().switched_at())
+            .ok_or("a sentinel on a node that did not switch")?;
+        let me = self.nodes[i].member();
+        let bytes = memdb::dcdb::encode_switched(self.now, term);
+        self.net.multicast(i, me, bytes)?;
+        self.report.messages += 1;
+        Ok(())
+    }
+
     fn carry_out(&mut self, i: usize, actions: Vec<Action<Op, Row, Errno, Applied>>) -> R<()> {
+        let compat = self.nodes[i].compat();
         for a in actions {
             match a {
                 Action::Multicast(msg) => {
-                    let me = self.nodes[i].member();
+                    let me = if compat || self.upgrade_at.is_none() {
+                        self.nodes[i].member()
+                    } else {
+                        self.nodes[i].term_member()
+                    };
                     if let Body::State { epoch, .. } = &msg.body {
                         self.check.state_sent(i, me, *epoch);
                     }
                     // Each protocol's own encoding, as the daemon sends it.
-                    let bytes = match self.protocol {
-                        Protocol::Terms => wire::encode::<MemdbCodec>(&msg),
-                        Protocol::Dfsm => memdb::dcdb::encode(&msg)
-                            .map_err(|e| format!("n{} made an unsendable message: {e}", i + 1))?,
+                    let bytes = if compat {
+                        memdb::dcdb::encode(&msg)
+                            .map_err(|e| format!("n{} made an unsendable message: {e}", i + 1))?
+                    } else {
+                        wire::encode::<MemdbCodec>(&msg)
                     };
-                    self.net.multicast(i, me, bytes)?;
+                    if compat || self.upgrade_at.is_none() {
+                        self.net.multicast(i, me, bytes)?;
+                    } else {
+                        self.net2.multicast(i, me, bytes)?;
+                    }
                     self.report.messages += 1;
                 }
-                Action::Reply { req_id, result } => self.on_reply(i, req_id, result)?,
+                Action::Reply { req_id, result } => self.on_reply(i, req_id, result, compat)?,
+                Action::Switched { term, pending } => {
+                    self.nodes[i].switching = Some((term, pending));
+                }
                 Action::Applied {
                     op,
                     outcome,
@@ -410,11 +564,9 @@ impl World {
                     let id = self.work.identify(writer, &op, time).ok_or_else(|| {
                         format!("n{} applied {op:?} that nobody requested", i + 1)
                     })?;
-                    let quorate = self
-                        .net
-                        .delivering(i)
-                        .is_some_and(|c| self.net.cfg(c).quorate);
-                    self.check.applied(i, id, quorate)?;
+                    let net = self.net_of(i);
+                    let quorate = net.delivering(i).is_some_and(|c| net.cfg(c).quorate);
+                    self.check.applied(i, id, quorate, compat)?;
                     if local {
                         if let Some(LockEvent::Acquired(_)) = outcome.lock {
                             self.local_lock
@@ -437,7 +589,7 @@ impl World {
         Ok(())
     }
 
-    fn on_reply(&mut self, i: usize, req: u64, result: Result<(), Errno>) -> R<()> {
+    fn on_reply(&mut self, i: usize, req: u64, result: Result<(), Errno>, compat: bool) -> R<()> {
         let ci = self
             .work
             .clients
@@ -446,7 +598,10 @@ impl World {
             .ok_or_else(|| format!("n{} answered request {req} that is not outstanding", i + 1))?;
         let (id, kind, op) = self.work.clients[ci].busy.take().expect("busy");
         self.log(format!("n{} c{ci} <- {result:?} for {op:?}", i + 1));
-        self.check.answered(id, result)?;
+        self.check.answered(id, result, compat)?;
+        if result.is_ok() && !compat && self.upgrade_at.is_some() {
+            self.report.acked_after_switch += 1;
+        }
         let e = match result {
             Err(e) => {
                 *self.report.errors.entry(format!("{e}")).or_default() += 1;
@@ -514,10 +669,30 @@ impl World {
         Ok(())
     }
 
+    /// Whether node `i` has something due in either group.
+    fn has_due(&self, i: usize) -> bool {
+        self.net.has_due(i) || (self.upgrade_at.is_some() && self.net2.has_due(i))
+    }
+
     fn run_node(&mut self, i: usize) -> R<()> {
-        let Some(due) = self.net.take(i, &mut self.rng) else {
+        let (in1, in2) = (
+            self.net.has_due(i),
+            self.upgrade_at.is_some() && self.net2.has_due(i),
+        );
+        let second = in2 && (!in1 || self.rng.percent(50));
+        if self.nodes[i].sentinel.is_some() && !second {
+            return self.run_sentinel(i);
+        }
+        let due = if second {
+            self.net2.take(i, &mut self.rng)
+        } else {
+            self.net.take(i, &mut self.rng)
+        };
+        let Some(due) = due else {
             return Ok(());
         };
+        // Checker keys of pmxfs's group's configurations, apart from pmxcfs's.
+        let cfg_key = |c: usize| if second { c + (1 << 32) } else { c };
         match due {
             Due::LateQuorum(q) => {
                 self.log(format!("n{} late quorum={q}", i + 1));
@@ -529,27 +704,45 @@ impl World {
                 from,
                 bytes,
             } => {
-                let msg = match self.protocol {
-                    Protocol::Terms => wire::decode::<MemdbCodec>(&bytes)
-                        .map_err(|e| format!("own encoding rejected: {e}"))?,
-                    Protocol::Dfsm => memdb::dcdb::decode(&bytes)
-                        .map_err(|e| format!("pmxcfs's encoding rejected: {e}"))?,
+                let msg = if self.nodes[i].compat() {
+                    match memdb::dcdb::decode(&bytes) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let Some(term) = memdb::dcdb::decode_switched(&bytes) else {
+                                return Err(format!("pmxcfs's encoding rejected: {e}"));
+                            };
+                            self.log(format!("n{} told by {from}: switched at {term}", i + 1));
+                            self.report.switched_late += 1;
+                            return self.feed(i, Event::Switched { term });
+                        }
+                    }
+                } else {
+                    wire::decode::<MemdbCodec>(&bytes)
+                        .map_err(|e| format!("own encoding rejected: {e}"))?
                 };
                 self.log(format!(
-                    "n{} delivers cfg {cfg}#{pos} from {from} seq {}: {}",
+                    "n{} delivers cfg {cfg}#{pos}{} from {from} seq {}: {}",
                     i + 1,
+                    if second { " (pmxfs group)" } else { "" },
                     msg.seq,
                     describe(&msg.body)
                 ));
                 self.feed(i, Event::Deliver { from, msg })?;
+                let net = if second { &self.net2 } else { &self.net };
                 if let Some(core) = &self.nodes[i].core {
                     // A detached member ended the round keeping its own tree.
                     if core.all_synced()
                         && core.mode() == Mode::Synced
-                        && self.net.delivering(i) == Some(cfg)
+                        && net.delivering(i) == Some(cfg)
+                        && core.protocol()
+                            == if second {
+                                Protocol::Terms
+                            } else {
+                                self.protocol
+                            }
                     {
                         let db = core.db().tree().read();
-                        self.check.synced(i, cfg, pos + 1, &db)?;
+                        self.check.synced(i, cfg_key(cfg), pos + 1, &db)?;
                     }
                 }
                 Ok(())
@@ -561,10 +754,21 @@ impl World {
                 joined,
                 quorum,
             } => {
-                self.log(format!("n{} enters cfg {cfg}", i + 1));
+                self.log(format!(
+                    "n{} enters cfg {cfg}{}",
+                    i + 1,
+                    if second { " (pmxfs group)" } else { "" }
+                ));
                 match quorum {
                     Some(q) => self.feed(i, Event::Quorum(q))?,
                     None => self.log(format!("n{} quorum notification delayed", i + 1)),
+                }
+                if let (Some(at), Some(core)) = (self.upgrade_at, self.nodes[i].core.as_mut()) {
+                    // The adapter's rule (`switch::ready`): offer once every node of
+                    // the cluster is in the configuration, from the step the last
+                    // pmxcfs node was replaced.
+                    let all = (1..=self.n as u32).all(|n| members.iter().any(|m| m.nodeid == n));
+                    core.set_switch_ready(self.step >= at && all);
                 }
                 self.feed(
                     i,
@@ -576,6 +780,28 @@ impl World {
                 )
             }
         }
+    }
+
+    /// Node `i`'s sentinel takes what pmxcfs's group delivers it: it announces the
+    /// switch when [`Sentinel`] says so, and takes no other part.
+    fn run_sentinel(&mut self, i: usize) -> R<()> {
+        let Some(due) = self.net.take(i, &mut self.rng) else {
+            return Ok(());
+        };
+        let me = self.nodes[i].member();
+        let s = self.nodes[i].sentinel.as_mut().expect("a sentinel");
+        let tell = match due {
+            Due::LateQuorum(_) => false,
+            Due::Deliver { from, bytes, .. } => {
+                s.heard(me, from, memdb::dcdb::decode_switched(&bytes).is_some())
+            }
+            Due::Enter { joined, .. } => s.confchg(me, &joined),
+        };
+        if tell {
+            self.log(format!("n{} sentinel announces the switch", i + 1));
+            self.announce(i)?;
+        }
+        Ok(())
     }
 
     fn request(&mut self) -> R<()> {
@@ -668,7 +894,10 @@ impl World {
             self.report.crashes += 1;
         }
         self.report.resent += core.resent();
+        self.nodes[i].sentinel = None;
+        self.nodes[i].switching = None;
         self.net.leave(i);
+        self.net2.leave(i);
         for c in self.work.clients.iter_mut().filter(|c| c.node == i) {
             c.busy = None;
             c.locks.clear();
@@ -679,7 +908,12 @@ impl World {
     fn restart(&mut self, i: usize) -> R<()> {
         self.nodes[i].pid += 1;
         let member = self.nodes[i].member();
-        self.nodes[i].core = Some(core_of(member, &self.nodes[i].disk, self.protocol)?);
+        self.nodes[i].core = Some(core_of(&self.nodes[i], self.protocol)?);
+        if self.upgrade_at.is_some() && !self.nodes[i].compat() {
+            // Switched before: in pmxfs's protocol at once, its sentinel in pmxcfs's
+            // group (which announces at its join).
+            self.nodes[i].sentinel = Some(Sentinel::default());
+        }
         self.report.restarts += 1;
         self.log(format!("n{} RESTART as pid {}", i + 1, member.pid));
         let now = self.now;
@@ -690,11 +924,26 @@ impl World {
         Ok(())
     }
 
+    /// Upgrade: the last node still running pmxcfs gets pmxfs (a restart): from now
+    /// on every node offers the switch whenever all are in one configuration.
+    fn replace_last(&mut self) -> R<()> {
+        let i = self.rng.below(self.n);
+        self.log(format!(
+            "n{} REPLACED: the last pmxcfs node now runs pmxfs --protocol auto",
+            i + 1
+        ));
+        if self.alive(i) {
+            self.crash(i, false);
+        }
+        self.restart(i)
+    }
+
     fn partition(&mut self) {
         let k = self.rng.range(2, 3);
         for i in 0..self.n {
             let g = self.rng.below(k);
             self.net.set_group(i, g);
+            self.net2.set_group(i, g);
         }
         let groups: Vec<usize> = (0..self.n).map(|i| self.net.group(i)).collect();
         self.log(format!("PARTITION groups {groups:?}"));
@@ -705,6 +954,7 @@ impl World {
     fn heal(&mut self) {
         for i in 0..self.n {
             self.net.set_group(i, 0);
+            self.net2.set_group(i, 0);
         }
         self.log("HEAL".into());
         self.reconfigure();
@@ -720,7 +970,7 @@ impl World {
 
     fn step_once(&mut self) -> R<()> {
         let ready: Vec<usize> = (0..self.n)
-            .filter(|&i| self.alive(i) && self.net.has_due(i))
+            .filter(|&i| self.alive(i) && self.has_due(i))
             .collect();
         let dead: Vec<usize> = (0..self.n).filter(|&i| !self.alive(i)).collect();
         let roll = self.rng.below(1000) as u32;
@@ -774,7 +1024,7 @@ impl World {
         let mut idle_ticks = 0;
         loop {
             let ready: Vec<usize> = (0..self.n)
-                .filter(|&i| self.alive(i) && self.net.has_due(i))
+                .filter(|&i| self.alive(i) && self.has_due(i))
                 .collect();
             if ready.is_empty() {
                 // A member that gained quorum after its State re-syncs on a tick; a
@@ -799,15 +1049,23 @@ impl World {
             self.run_node(i)?;
             self.step += 1;
         }
-        let cfg = self.net.current(0);
+        let upgrade = self.upgrade_at.is_some();
+        let net = if upgrade { &self.net2 } else { &self.net };
+        let cfg = net.current(0);
         let mut want = None;
         for i in 0..self.n {
             let core = self.nodes[i].core.as_ref().expect("all restarted");
-            if self.net.delivering(i) != cfg || !core.all_synced() || core.mode() != Mode::Synced {
+            if upgrade && core.protocol() != Protocol::Terms {
+                return Err(format!(
+                    "n{} still speaks pmxcfs's protocol with every node up and joined",
+                    i + 1
+                ));
+            }
+            if net.delivering(i) != cfg || !core.all_synced() || core.mode() != Mode::Synced {
                 return Err(format!(
                     "n{} stuck: cfg {:?} (cluster at {cfg:?}), mode {:?}, all_synced {}",
                     i + 1,
-                    self.net.delivering(i),
+                    net.delivering(i),
                     core.mode(),
                     core.all_synced()
                 ));
@@ -876,6 +1134,9 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, Failure> {
         }
         w.reconfigure();
         while w.step < steps {
+            if w.upgrade_at == Some(w.step) {
+                w.replace_last()?;
+            }
             w.step_once()?;
             w.step += 1;
         }

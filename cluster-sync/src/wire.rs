@@ -208,6 +208,8 @@ pub fn encode<C: WireCodec>(msg: &Message<C::Op, C::Entry>) -> Vec<u8> {
             promised_proposed_term,
             promised_term,
             index,
+            // Compat mode only: never on this wire.
+            switch_ready: _,
         } => {
             put_epoch(&mut out, epoch);
             let mut flags = 0;
@@ -315,6 +317,7 @@ pub fn decode<C: WireCodec>(buf: &[u8]) -> Result<Message<C::Op, C::Entry>, Wire
                     writer: 0,
                     entries,
                 },
+                switch_ready: false,
             }
         }
         3 => {
@@ -422,6 +425,7 @@ mod tests {
                     writer: 0,
                     entries: vec![(0, [1; 32]), (5, [2; 32])],
                 },
+                switch_ready: false,
             }),
             body(Body::Update {
                 epoch,
@@ -435,6 +439,7 @@ mod tests {
                 promised_proposed_term: false,
                 promised_term: 0,
                 index: DbIndex::default(),
+                switch_ready: false,
             }),
             body(Body::Normal {
                 ops: Vec::new(),

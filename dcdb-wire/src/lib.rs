@@ -88,6 +88,10 @@ pub enum DcdbMessage {
         epoch: Epoch,
         /// The index.
         index: Index,
+        /// The header's `subtype` and `reserved` fields, which pmxcfs sends as 0 and
+        /// never reads in a state message: pmxfs says there whether it offers the
+        /// switch to its own protocol, and the label of its tree.
+        extra: StateExtra,
     },
     /// One inode from the leader.
     Update {
@@ -127,9 +131,18 @@ pub enum DcdbMessage {
     },
 }
 
+/// The two header fields of a STATE that pmxcfs sends as 0 and never reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateExtra {
+    /// The header's `subtype`.
+    pub subtype: u16,
+    /// The header's `reserved`.
+    pub reserved: u32,
+}
+
 /// Decode one delivered `pve_dcdb_v1` message. The header's `reserved` field and a
-/// state message's `subtype` are not read by pmxcfs and not kept (they re-encode as
-/// 0, as pmxcfs sends them). A message of an older protocol is
+/// state message's `subtype` are not read by pmxcfs; they are not kept (they re-encode
+/// as 0, as pmxcfs sends them), except a STATE's ([`StateExtra`]). A message of an older protocol is
 /// [`DcdbError::OlderProtocol`] (pmxcfs ignores it); a newer one is
 /// `Wire(NewerProtocol)` (pmxcfs stops the group).
 pub fn decode_message(b: &[u8]) -> Result<DcdbMessage, DcdbError> {
@@ -169,6 +182,11 @@ pub fn decode_message(b: &[u8]) -> Result<DcdbMessage, DcdbError> {
                 time,
                 epoch,
                 index: Index::decode(payload)?,
+                // decode_for has checked the 32-byte header is there.
+                extra: StateExtra {
+                    subtype: u16::from_le_bytes([b[2], b[3]]),
+                    reserved: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+                },
             },
             Kind::Update => DcdbMessage::Update {
                 time,
@@ -216,8 +234,16 @@ impl DcdbMessage {
                 &[&msg.encode()],
             ),
             DcdbMessage::SyncStart { time, epoch } => state(Kind::SyncStart, *time, *epoch, &[]),
-            DcdbMessage::State { time, epoch, index } => {
-                state(Kind::State, *time, *epoch, &index.encode())
+            DcdbMessage::State {
+                time,
+                epoch,
+                index,
+                extra,
+            } => {
+                let mut b = state(Kind::State, *time, *epoch, &index.encode());
+                b[2..4].copy_from_slice(&extra.subtype.to_le_bytes());
+                b[12..16].copy_from_slice(&extra.reserved.to_le_bytes());
+                b
             }
             DcdbMessage::Update {
                 time,
@@ -497,12 +523,14 @@ mod tests {
                 f[at] ^= (seed >> 32) as u8 | 1;
                 if let Ok(m) = decode_message(&f) {
                     // Whatever decodes re-encodes to itself, except the fields pmxcfs
-                    // does not read and this crate does not keep: the header's
-                    // `reserved`, and a state message's `subtype`.
+                    // does not read and this crate keeps for a STATE only: the
+                    // header's `reserved`, and a state message's `subtype`.
                     let mut want = f.clone();
-                    want[12..16].fill(0);
-                    if !matches!(m, DcdbMessage::Normal { .. }) {
-                        want[2..4].fill(0);
+                    if !matches!(m, DcdbMessage::State { .. }) {
+                        want[12..16].fill(0);
+                        if !matches!(m, DcdbMessage::Normal { .. }) {
+                            want[2..4].fill(0);
+                        }
                     }
                     assert_eq!(m.encode(), want, "{name} flipped at {at}");
                 }

@@ -5,11 +5,52 @@
 //! A NORMAL's `count` is its seq's count ([`cluster_sync::core::count_of`]). What
 //! pmxcfs's messages do not carry reads back as a neutral value: a state message's
 //! `seq` is 0 (only NORMALs are numbered), a State says "quorate" and no
-//! promise (compat mode reads neither), an index's term is 0.
-use cluster_sync::core::{count_of, seq_of, Body, DbIndex, Epoch, Message};
+//! promise (compat mode reads neither).
+//!
+//! Two additions pmxcfs never reads (DESIGN.md, "The switch"): a pmxfs STATE carries
+//! its tree's term label in the header's `reserved` field and, when it offers the
+//! switch to pmxfs's own protocol, [`SWITCH_READY`] as its `subtype` (pmxcfs sends
+//! both as 0, so its States read as label 0, not offering); and a member that has
+//! switched sends [`encode_switched`], a message of protocol version 2, which puts a
+//! pmxcfs daemon into its version error ("detected newer protocol - please update
+//! this node").
+use cluster_sync::core::{count_of, seq_of, Body, DbIndex, Epoch, Message, Term};
 use dcdb_wire::{
-    DcdbError, DcdbMessage, FuseMsg, FuseOp, Index, IndexEntry, InodeRecord, Normal, UnlockMsg,
+    DcdbError, DcdbMessage, FuseMsg, FuseOp, Index, IndexEntry, InodeRecord, Normal, StateExtra,
+    UnlockMsg,
 };
+
+/// A STATE's `subtype` when its sender offers the switch to pmxfs's own protocol.
+pub const SWITCH_READY: u16 = 0x5846;
+
+/// The protocol version of the message a switched member sends in `pve_dcdb_v1`.
+pub const SWITCHED_PROTOCOL: u32 = 2;
+
+/// What follows the 24-byte NORMAL header in that message, before the term.
+const SWITCHED_MAGIC: &[u8; 8] = b"pmxfs-v2";
+
+/// The message a member that switched to pmxfs's own protocol at `term` multicasts in
+/// `pve_dcdb_v1` whenever a member joins it: a NORMAL of protocol version 2, whose
+/// payload is [`SWITCHED_MAGIC`] and the term (little-endian).
+pub fn encode_switched(time: u32, term: Term) -> Vec<u8> {
+    pve_status::wire::encode_normal_raw(
+        SWITCH_READY,
+        SWITCHED_PROTOCOL,
+        time,
+        0,
+        &[SWITCHED_MAGIC, &term.to_le_bytes()],
+    )
+}
+
+/// The term of a message made by [`encode_switched`]; `None` for anything else.
+pub fn decode_switched(b: &[u8]) -> Option<Term> {
+    let proto = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+    let rest = b.get(24..)?;
+    if proto != SWITCHED_PROTOCOL || rest.len() != 16 || &rest[..8] != SWITCHED_MAGIC {
+        return None;
+    }
+    Some(u64::from_le_bytes(rest[8..].try_into().ok()?))
+}
 use pve_status::wire::Epoch as WireEpoch;
 
 use crate::entry::{Inode, Kind, Row};
@@ -222,10 +263,20 @@ pub fn encode(m: &TreeMessage) -> Result<Vec<u8>, EncodeError> {
             time,
             epoch: to_wire(epoch),
         },
-        Body::State { epoch, index, .. } => DcdbMessage::State {
+        Body::State {
+            epoch,
+            index,
+            switch_ready,
+            ..
+        } => DcdbMessage::State {
             time,
             epoch: to_wire(epoch),
             index: wire_index(index),
+            extra: StateExtra {
+                subtype: if *switch_ready { SWITCH_READY } else { 0 },
+                reserved: u32::try_from(index.term)
+                    .map_err(|_| EncodeError::TooLarge("the tree's term"))?,
+            },
         },
         Body::Update { epoch, entries } => {
             let [row] = entries.as_slice() else {
@@ -280,14 +331,23 @@ pub fn decode(b: &[u8]) -> Result<TreeMessage, DecodeError> {
                 proposed_term: 0,
             },
         ),
-        DcdbMessage::State { time, epoch, index } => state(
+        DcdbMessage::State {
+            time,
+            epoch,
+            index,
+            extra,
+        } => state(
             time,
             Body::State {
                 epoch: from_wire(&epoch),
                 quorate: true,
                 promised_proposed_term: false,
                 promised_term: 0,
-                index: core_index(&index),
+                index: DbIndex {
+                    term: Term::from(extra.reserved),
+                    ..core_index(&index)
+                },
+                switch_ready: extra.subtype == SWITCH_READY,
             },
         ),
         DcdbMessage::Update {
@@ -364,6 +424,42 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 74, "dcdb captures");
+    }
+
+    /// pmxfs's States carry its label and switch offer where pmxcfs sends zeros (a
+    /// pmxcfs State reads as label 0, not offering); the announcement of a switched
+    /// node is version 2 to pmxcfs and decodes back to its term, nothing else does.
+    #[test]
+    fn states_carry_the_switch_offer_and_switched_nodes_say_so() {
+        let b = std::fs::read(fixtures().join("n1/00003-pve_dcdb_v1.bin")).unwrap();
+        let mut m = decode(&b).unwrap();
+        let Body::State {
+            index,
+            switch_ready,
+            ..
+        } = &mut m.body
+        else {
+            panic!("a STATE capture")
+        };
+        assert!(!*switch_ready);
+        assert_eq!(index.term, 0);
+        (*switch_ready, index.term) = (true, 12);
+        let ours = encode(&m).unwrap();
+        assert_eq!(ours[2..4], SWITCH_READY.to_le_bytes());
+        assert_eq!(ours[12..16], 12u32.to_le_bytes());
+        assert_eq!(ours[16..], b[16..], "the rest as pmxcfs sends it");
+        assert_eq!(decode(&ours).unwrap(), m);
+        let Body::State { index, .. } = &mut m.body else {
+            unreachable!()
+        };
+        index.term = 1 << 40;
+        assert_eq!(encode(&m), Err(EncodeError::TooLarge("the tree's term")));
+        let sw = encode_switched(1000, 1 << 40);
+        assert_eq!(sw[4..8], SWITCHED_PROTOCOL.to_le_bytes());
+        assert_eq!(decode_switched(&sw), Some(1 << 40));
+        assert!(decode(&sw).is_err(), "pmxcfs's reader: a newer protocol");
+        assert_eq!(decode_switched(&b), None);
+        assert_eq!(decode_switched(&sw[..30]), None);
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct MemDb {
     vms: VmIndex,
     term: u64,
     promised_term: u64,
+    /// The term at which the cluster switched from pmxcfs's protocol, if it did.
+    switched_at: Option<u64>,
     dialect: Dialect,
     // A Mutex only to make MemDb Sync (SQLite connections are Send, not Sync); all
     // access is through &mut self, so it is never contended.
@@ -281,6 +283,7 @@ impl MemDb {
             vms: VmIndex::default(),
             term: 0,
             promised_term: 0,
+            switched_at: None,
             dialect: Dialect::Pmxfs,
             store: parking_lot::Mutex::new(store),
         };
@@ -331,6 +334,29 @@ impl MemDb {
         self.term = term;
         self.promised_term = promised_term;
         self
+    }
+
+    /// Restore the protocol switch loaded with the tree ([`store::SWITCHED_AT`]:
+    /// 0 for never, else one above the switch's term).
+    pub fn with_switch(mut self, switched_at: u64) -> MemDb {
+        self.switched_at = switched_at.checked_sub(1);
+        self
+    }
+
+    /// The term at which this node's cluster switched from pmxcfs's protocol to
+    /// pmxfs's own, if it did: a node that switched never speaks pmxcfs's again.
+    pub fn switched_at(&self) -> Option<u64> {
+        self.switched_at
+    }
+
+    /// Durably record the switch from pmxcfs's protocol at `term`.
+    pub fn set_switched(&mut self, term: u64) -> Result<(), String> {
+        self.store
+            .get_mut()
+            .set_meta(store::SWITCHED_AT, term.saturating_add(1))
+            .map_err(|e| e.to_string())?;
+        self.switched_at = Some(term);
+        Ok(())
     }
 
     /// Replication term of the tree (see cluster-sync's `Database`).

@@ -56,6 +56,10 @@ pub struct Backlog {
     pub failing: Option<String>,
 }
 
+/// The store's replication-number key recording the switch from pmxcfs's protocol:
+/// one above the switch round's term, so that 0 (never stored) means "never".
+pub const SWITCHED_AT: &str = "switched_at";
+
 /// Where committed changes go.
 pub trait Store: Send {
     /// Persist `txn` atomically: afterwards either all of it is durable or none.

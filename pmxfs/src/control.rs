@@ -103,6 +103,7 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
     let db = tree.read();
     let st = &tree.status;
     let m = &tree.metrics;
+    let proto = tree.protocol.lock().clone();
     let n = tree.invalidator().map(|i| {
         json!({
             "inodes": Metrics::get(&i.stats.inodes),
@@ -129,7 +130,12 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
         "open_handles": Metrics::get(&m.open_handles),
         "ops_applied": Metrics::get(&m.ops_applied),
         "transport": tree.transport.get().map(String::as_str).unwrap_or("starting"),
-        "cluster_protocol": tree.protocol.get().copied().unwrap_or("none"),
+        "cluster_protocol": match proto.speaks { "" => "none", s => s },
+        "protocol_switch": {
+            "mode": if proto.upgrade { "auto" } else { "off" },
+            "switched_at": proto.switched_at,
+            "refused": proto.refused,
+        },
         "cluster_messages": {
             "sent": Metrics::get(&m.cluster_sent),
             "delivered": Metrics::get(&m.cluster_delivered),

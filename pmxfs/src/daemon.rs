@@ -82,6 +82,9 @@ pub struct DaemonOpts {
     /// The cluster protocol: pmxfs's own, or pmxcfs's (to share a cluster with pmxcfs
     /// nodes).
     pub protocol: cluster_sync::core::Protocol,
+    /// In pmxcfs's protocol, switch to pmxfs's own once every node runs pmxfs
+    /// (`--protocol auto`); a node that switched starts in pmxfs's own.
+    pub upgrade: bool,
 }
 
 /// The group that owns every entry: www-data (33 on Debian) if it exists.
@@ -282,7 +285,18 @@ fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
         enabled: opts.coherence,
         default: opts.ttls,
     };
-    if !local && opts.protocol == cluster_sync::core::Protocol::Dfsm {
+    let switched_at = tree.replica().tree().read().switched_at();
+    let protocol = match (opts.upgrade, switched_at) {
+        (true, Some(term)) => {
+            tracing::info!(
+                term,
+                "this node's cluster switched from pmxcfs's protocol to pmxfs's own"
+            );
+            cluster_sync::core::Protocol::Terms
+        }
+        _ => opts.protocol,
+    };
+    if !local && protocol == cluster_sync::core::Protocol::Dfsm {
         // Every node applies every change alike, so the tree follows pmxcfs's rules
         // exactly where pmxfs's own differ (locks above all).
         tree.replica()
@@ -299,7 +313,8 @@ fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
             &opts.nodename,
             created,
             opts.verify_every,
-            opts.protocol,
+            protocol,
+            opts.upgrade,
         )?;
     }
     // Before the control socket, which is how a supervisor sees the daemon ready.
@@ -356,7 +371,8 @@ fn open_tree(opts: &DaemonOpts, mount: &Path) -> Result<(Arc<Tree>, bool)> {
     let created = loaded.created;
     let mut db = MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), opts.limits)
         .with_context(|| format!("refusing to start on {} {WAYS_OUT}", opts.db.display()))?
-        .with_terms(loaded.term, loaded.promised_term);
+        .with_terms(loaded.term, loaded.promised_term)
+        .with_switch(loaded.switched_at);
     db.set_lock_timeout(opts.lock_timeout);
     if created && !opts.force_local {
         import_corosync_conf(&mut db, &opts.corosync_conf)?;
@@ -500,11 +516,13 @@ fn join_cluster(
     created: bool,
     verify_every: Duration,
     protocol: cluster_sync::core::Protocol,
+    upgrade: bool,
 ) -> Result<()> {
     tree.set_replicator(Box::new(crate::cluster::runner::start(
         tree.clone(),
         verify_every,
         protocol,
+        upgrade,
     )?));
     let kv = crate::cluster::kvstore::start(tree.clone(), nodename.to_string())?;
     tree.set_broadcast(Box::new(kv));

@@ -188,9 +188,11 @@ struct DaemonArgs {
     #[arg(long, default_value_t = 600.0)]
     verify_every: f64,
     /// The cluster protocol: `pmxfs` (pmxfs's own: replication terms, writes answered
-    /// once a majority holds them, group commit) or `pmxcfs` (pmxcfs 9.1.6's
+    /// once a majority holds them, group commit), `pmxcfs` (pmxcfs 9.1.6's
     /// `pve_dcdb_v1`, byte for byte, to share a cluster with pmxcfs nodes, with
-    /// pmxcfs's guarantees; README, "Mixed clusters and upgrading").
+    /// pmxcfs's guarantees), or `auto` (pmxcfs's until every node of the cluster runs
+    /// pmxfs, then pmxfs's own for good, by agreement at a sync round; pmxcfs daemons
+    /// are refused after that). README, "Mixed clusters and upgrading".
     #[arg(long, value_enum, default_value_t = ProtocolArg::Pmxfs)]
     protocol: ProtocolArg,
     /// Accept the control socket's test hooks: operations injected as if from another
@@ -209,6 +211,8 @@ enum ProtocolArg {
     Pmxfs,
     /// pmxcfs's `pve_dcdb_v1`.
     Pmxcfs,
+    /// pmxcfs's, switching to pmxfs's own once every node runs pmxfs.
+    Auto,
 }
 
 fn secs(s: f64) -> Result<Duration> {
@@ -358,8 +362,9 @@ fn run_daemon(a: DaemonArgs, journal: bool) -> Result<()> {
         verify_every: secs(a.verify_every)?.max(std::time::Duration::from_millis(100)),
         protocol: match a.protocol {
             ProtocolArg::Pmxfs => cluster_sync::core::Protocol::Terms,
-            ProtocolArg::Pmxcfs => cluster_sync::core::Protocol::Dfsm,
+            ProtocolArg::Pmxcfs | ProtocolArg::Auto => cluster_sync::core::Protocol::Dfsm,
         },
+        upgrade: a.protocol == ProtocolArg::Auto,
     };
     daemon::run(opts)
 }

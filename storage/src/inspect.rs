@@ -23,8 +23,9 @@ pub struct Inspected {
     pub rows: Vec<Row>,
     /// The rows that do not, with why.
     pub unreadable: Vec<(Inode, String)>,
-    /// The replication term, promise and intent-log position (`pmxfs_meta`).
-    pub meta: [(&'static str, u64); 3],
+    /// The replication term, promise, intent-log position and protocol switch
+    /// (`pmxfs_meta`).
+    pub meta: [(&'static str, u64); 4],
     /// What SQLite's `quick_check` said, if not "ok".
     pub damage: Option<String>,
 }
@@ -131,7 +132,12 @@ pub(crate) fn read_tree(
     // highest entry version.
     let max_row = out.rows.iter().map(|r| r.version).max().unwrap_or(0);
     out.root.version = out.root.version.max(max_row);
-    out.meta = [("term", 0), ("promised_term", 0), (LOG_SEQ, 0)];
+    out.meta = [
+        ("term", 0),
+        ("promised_term", 0),
+        (LOG_SEQ, 0),
+        (memdb::store::SWITCHED_AT, 0),
+    ];
     for (k, v) in out.meta.iter_mut() {
         *v = read_meta(conn, &tables, k).map_err(|e| corrupt(path, e))?;
     }

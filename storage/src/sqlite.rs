@@ -57,6 +57,9 @@ pub struct Loaded {
     pub promised_term: u64,
     /// Sequence number of the last intent-log record in the database (0 if none).
     pub log_seq: u64,
+    /// 0, or one above the term at which this node's cluster switched from pmxcfs's
+    /// protocol to pmxfs's own (`memdb::store::SWITCHED_AT`).
+    pub switched_at: u64,
 }
 
 impl SqliteStore {
@@ -123,6 +126,7 @@ impl SqliteStore {
                 term: 0,
                 promised_term: 0,
                 log_seq: 0,
+                switched_at: 0,
             });
         }
         Ok((
@@ -195,7 +199,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Err
     let Some(t) = crate::inspect::read_tree(conn, path, true)? else {
         return Ok(None);
     };
-    let [(_, term), (_, promised_term), (_, log_seq)] = t.meta;
+    let [(_, term), (_, promised_term), (_, log_seq), (_, switched_at)] = t.meta;
     Ok(Some(Loaded {
         rows: t.rows,
         root: t.root,
@@ -203,6 +207,7 @@ fn validate_schema(conn: &Connection, path: &Path) -> Result<Option<Loaded>, Err
         term,
         promised_term,
         log_seq,
+        switched_at,
     }))
 }
 

@@ -2,7 +2,8 @@
 //! failing seed with its trace.
 //!
 //! `sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES]
-//! [--compat]` (`--compat`: every node speaks pmxcfs's protocol)
+//! [--compat] [--upgrade]` (`--compat`: every node speaks pmxcfs's protocol;
+//! `--upgrade`: the nodes start in it and switch to pmxfs's own during the run)
 //! (`scripts/sim.sh` runs it in the `sim` profile: optimised, with debug assertions).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -30,6 +31,7 @@ fn main() {
             "--jobs" => jobs = val().max(1) as usize,
             "--trace" => cfg.trace_lines = val() as usize,
             "--compat" => cfg.protocol = cluster_sync::core::Protocol::Dfsm,
+            "--upgrade" => cfg.upgrade = true,
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -97,7 +99,13 @@ fn main() {
         "faults: partition={} crash={} restart={} storage={}",
         r.partitions, r.crashes, r.restarts, r.storage_faults
     );
-    if cfg.protocol == cluster_sync::core::Protocol::Dfsm {
+    if cfg.upgrade {
+        println!(
+            "upgrade: switched={} (told by a switched node: {}) acknowledged by pmxfs's protocol={} (none lost)",
+            r.switched, r.switched_late, r.acked_after_switch
+        );
+    }
+    if cfg.protocol == cluster_sync::core::Protocol::Dfsm || cfg.upgrade {
         // pmxcfs's window, expected in its protocol (README, "Mixed clusters").
         println!(
             "compat (pmxcfs's protocol): acknowledged while no majority held it={} acknowledged and lost={} applied without quorum={}",
@@ -117,7 +125,7 @@ fn main() {
 fn usage(why: &str) -> ! {
     eprintln!("sim: {why}");
     eprintln!(
-        "usage: sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES] [--compat]"
+        "usage: sim --seeds N [--start S] [--nodes K] [--steps STEPS] [--jobs J] [--trace LINES] [--compat] [--upgrade]"
     );
     std::process::exit(2)
 }

@@ -17,7 +17,7 @@ use super::leader::{select_leader_dfsm, updates_needed};
 use super::message::Body;
 use super::node::{Act, Node};
 use super::round::MAX_SYNC_ENTRIES;
-use super::types::{DbIndex, Digest, Epoch, Member, Mode};
+use super::types::{DbIndex, Digest, Epoch, Member, Mode, Term};
 use super::writes::{Delivered, MAX_QUEUED_PER_MEMBER};
 
 /// One member's dfsm state in the current configuration.
@@ -34,6 +34,11 @@ pub(super) struct DfsmRound<O, E> {
     leader: Option<(Member, DbIndex)>,
     /// The leader's entries, until its UpdateComplete.
     updates: Vec<E>,
+    /// Members whose State of this round offered the switch.
+    ready: BTreeSet<Member>,
+    /// Every State offered it: at the round's UpdateComplete, every member switches
+    /// with its tree labelled this (the highest label of the round's States).
+    switch_at: Option<Term>,
     /// pmxcfs's `msg_queue`: writes delivered while this member was not synced, sorted
     /// by their sender's message count (stable), as `message_queue_sort_fn` sorts it.
     /// It outlives a membership change without joiners.
@@ -105,6 +110,8 @@ impl<O, E> Default for DfsmRound<O, E> {
             synced: BTreeSet::new(),
             leader: None,
             updates: Vec::new(),
+            ready: BTreeSet::new(),
+            switch_at: None,
             msg_queue: Vec::new(),
             sync_queue: Vec::new(),
             csum_counter: 0,
@@ -196,6 +203,8 @@ impl<D: Database> Node<D> {
         r.synced.clear();
         r.leader = None;
         r.updates.clear();
+        r.ready.clear();
+        r.switch_at = None;
         // pmxcfs frees the sync queue at every confchg: a member still installing
         // loses those writes, and gets them from the next round's leader.
         r.sync_queue.clear();
@@ -214,6 +223,11 @@ impl<D: Database> Node<D> {
             self.dfsm.synced.insert(self.me);
             self.set_mode(Mode::Synced, out);
             self.dfsm_deliver_queue(out);
+            if self.switch_ready && self.mode == Mode::Synced {
+                // A one-node cluster: the round is this member alone.
+                let term = self.db.term();
+                self.dfsm_switch(term, out);
+            }
             return;
         }
         if !joined.is_empty() && !self.dfsm.msg_queue.is_empty() {
@@ -285,6 +299,7 @@ impl<D: Database> Node<D> {
             (Mode::Synced, Body::UpdateComplete { .. }) => {
                 self.dfsm.synced.extend(self.members.iter().copied());
                 self.dfsm_deliver_queue(out);
+                self.dfsm_switch_point(out);
             }
             (Mode::Synced, Body::VerifyRequest { id, .. }) => {
                 let csum = self.db.checksum();
@@ -322,6 +337,9 @@ impl<D: Database> Node<D> {
                 }
                 self.dfsm.epoch = Some(epoch);
                 self.dfsm.states.clear();
+                // A round's offers count in that round only.
+                self.dfsm.ready.clear();
+                self.dfsm.switch_at = None;
                 let index = self.db.index();
                 let body = Body::State {
                     epoch,
@@ -329,12 +347,23 @@ impl<D: Database> Node<D> {
                     promised_proposed_term: false,
                     promised_term: 0,
                     index,
+                    switch_ready: self.switch_ready,
                 };
                 self.send(body, out);
             }
-            (Mode::StartSync, Body::State { index, .. }) => {
+            (
+                Mode::StartSync,
+                Body::State {
+                    index,
+                    switch_ready,
+                    ..
+                },
+            ) => {
                 if self.dfsm.states.contains_key(&from) {
                     return self.leave(&format!("duplicate state from {from}"), out);
+                }
+                if switch_ready {
+                    self.dfsm.ready.insert(from);
                 }
                 self.dfsm.states.insert(from, index);
                 if self.dfsm.states.len() == self.members.len() {
@@ -374,6 +403,12 @@ impl<D: Database> Node<D> {
             .map(|(m, _)| *m)
             .collect();
         tracing::info!(me = %self.me, %leader, synced = self.dfsm.synced.len(), "all states received");
+        let ready = std::mem::take(&mut self.dfsm.ready);
+        if states.iter().all(|(m, _)| ready.contains(m)) {
+            let term = states.iter().map(|(_, i)| i.term).max().unwrap_or(0);
+            tracing::info!(me = %self.me, term, "every member offers the switch: it happens at this round's end");
+            self.dfsm.switch_at = Some(term);
+        }
         if leader == self.me {
             let unsynced = states
                 .iter()
@@ -425,6 +460,46 @@ impl<D: Database> Node<D> {
             }
         }
         self.dfsm_deliver_queue(out);
+        self.dfsm_switch_point(out);
+    }
+
+    /// After a round's UpdateComplete, every write delivered before it applied: if the
+    /// round's States all offered the switch, this is the switch point, the same one
+    /// on every member (CPG's agreed order). A member that left meanwhile has stopped.
+    fn dfsm_switch_point(&mut self, out: &mut Vec<Act<D>>) {
+        if self.mode != Mode::Synced {
+            return;
+        }
+        if let Some(term) = self.dfsm.switch_at {
+            self.dfsm_switch(term, out);
+        }
+    }
+
+    /// Switch to the term protocol (DESIGN.md, "The switch"): label the tree `term`
+    /// unless it already carries more (a member that missed the switch point keeps a
+    /// higher label of its own), and hand the unanswered requests to the adapter.
+    /// Every tree of a switch round holds the same content, so one label for all says
+    /// the truth, and it is at least every label of the cluster: a node holding an old
+    /// high label from before compat mode cannot later out-rank the term protocol's
+    /// new history with a stale tree.
+    pub(super) fn dfsm_switch(&mut self, term: super::types::Term, out: &mut Vec<Act<D>>) {
+        let term = term.max(self.db.term());
+        if term > self.db.term() {
+            if let Err(e) = self.db.set_term(term) {
+                return self.leave(&format!("labelling the tree for the switch: {e}"), out);
+            }
+        }
+        let pending = self
+            .writes
+            .take_all()
+            .into_iter()
+            .map(|r| (r.req, r.op))
+            .collect();
+        self.dfsm.msg_queue.clear();
+        self.dfsm.sync_queue.clear();
+        self.switched = true;
+        tracing::info!(me = %self.me, term, "switched to the term protocol");
+        out.push(Action::Switched { term, pending });
     }
 
     /// `dfsm_deliver_queue`: synced, apply the queued writes of synced senders in the

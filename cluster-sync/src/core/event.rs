@@ -1,6 +1,6 @@
 //! The core's inputs and outputs.
 use super::message::Message;
-use super::types::{Epoch, Member, Mode, NodeId, ReqId};
+use super::types::{Epoch, Member, Mode, NodeId, ReqId, Term};
 
 /// An input to [`super::Node::handle`].
 #[derive(Debug, Clone)]
@@ -40,6 +40,13 @@ pub enum Event<O, E> {
         req_id: ReqId,
         /// The write.
         op: O,
+    },
+    /// Compat mode: a member that already switched to the term protocol at `term`
+    /// says so (this member missed the switch point, or joined after it). This member
+    /// switches too, keeping its tree, labelled at least `term`.
+    Switched {
+        /// The switch round's label ([`Action::Switched`]).
+        term: Term,
     },
     /// The adapter's wall clock (seconds); stamps outgoing messages.
     Tick {
@@ -85,4 +92,15 @@ pub enum Action<O, E, R, X> {
     },
     /// The protocol mode changed.
     ModeChanged(Mode),
+    /// Compat mode: this member switched to the term protocol (DESIGN.md, "The
+    /// switch"). Its tree is durably labelled `term`; it handles no more events, and
+    /// the adapter goes on with a term-protocol member on the same database, to which
+    /// it hands `pending`, the unanswered requests (applied nowhere: no member applies
+    /// a compat write after the switch point), in the order they were made.
+    Switched {
+        /// The label of every tree at the switch point: the highest any member held.
+        term: Term,
+        /// Unanswered local requests, oldest first.
+        pending: Vec<(ReqId, O)>,
+    },
 }

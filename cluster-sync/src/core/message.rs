@@ -51,6 +51,10 @@ pub enum Body<O, E> {
         promised_term: Term,
         /// The sender's database summary, with the term of its tree.
         index: DbIndex,
+        /// Compat mode: the sender runs pmxfs, may switch to the term protocol, and
+        /// every node of the cluster is in this configuration (always false in the
+        /// term protocol). A round whose States all say so is the switch point.
+        switch_ready: bool,
     },
     /// Sent by every member of a quorate round whose proposed term not every member
     /// could promise, once it persisted its promise of `term` (one above every promise

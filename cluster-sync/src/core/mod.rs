@@ -21,6 +21,7 @@ mod leader;
 mod message;
 mod node;
 mod round;
+mod sentinel;
 mod sync;
 mod types;
 mod verify;
@@ -37,6 +38,7 @@ pub use leader::{select_leader, select_leader_dfsm, updates_needed};
 pub use message::{Body, Message};
 pub use node::{Node, TERMLESS_WAIT};
 pub use round::MAX_SYNC_ENTRIES;
+pub use sentinel::Sentinel;
 pub use types::{DbIndex, Digest, Epoch, Member, Mode, NodeId, Protocol, ReqId, Term};
 pub use writes::{
     MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW,

@@ -76,6 +76,11 @@ pub struct Node<D: Database> {
     resyncs: u64,
     /// Cross-node checks of the trees (`verify.rs`).
     pub(super) verify: super::verify::Verifier,
+    /// Compat mode: what this member's States say of the switch ([`Body::State`]'s
+    /// `switch_ready`), as the adapter last set it.
+    pub(super) switch_ready: bool,
+    /// Compat mode: this member switched ([`Action::Switched`]) and handles nothing more.
+    pub(super) switched: bool,
     /// The last message seq delivered from each member in this configuration: CPG
     /// delivers a sender's messages in the order it sent them.
     #[cfg(debug_assertions)]
@@ -112,6 +117,8 @@ impl<D: Database> Node<D> {
             highest_term_seen: 0,
             resyncs: 0,
             verify: Default::default(),
+            switch_ready: false,
+            switched: false,
             #[cfg(debug_assertions)]
             last_seq: BTreeMap::new(),
         }
@@ -228,9 +235,26 @@ impl<D: Database> Node<D> {
         self.resyncs
     }
 
+    /// Compat mode: whether this member's next States offer the switch to the term
+    /// protocol. The adapter says yes when this node may switch and every node of the
+    /// cluster's node list is in the configuration, and sets it before feeding the
+    /// configuration change, so that all of a round's States judge the same membership.
+    pub fn set_switch_ready(&mut self, ready: bool) {
+        self.switch_ready = ready && self.protocol == Protocol::Dfsm;
+    }
+
+    /// Compat mode: this member switched to the term protocol.
+    pub fn switched(&self) -> bool {
+        self.switched
+    }
+
     /// Feed one event; returns the actions to carry out, in order.
     pub fn handle(&mut self, ev: Event<D::Op, D::Entry>) -> Vec<Act<D>> {
         let mut out = Vec::new();
+        if self.switched {
+            // Replaced by a term-protocol member: nothing here is for it any more.
+            return out;
+        }
         // Read only for the assertions: each read takes the tree's lock in the daemon.
         #[cfg(debug_assertions)]
         let before = (self.db.promised_term(), self.db.term());
@@ -242,9 +266,14 @@ impl<D: Database> Node<D> {
                 },
             ) => self.dfsm_confchg(members, joined, &mut out),
             (Protocol::Dfsm, Event::VerifyNow) => self.dfsm_verify_now(&mut out),
+            (Protocol::Dfsm, Event::Switched { term }) => self.dfsm_switch(term, &mut out),
+            (Protocol::Terms, Event::Switched { .. }) => {}
             (_, ev) => self.handle_common(ev, &mut out),
         }
-        if !matches!(self.mode, Mode::Error | Mode::Start) && self.members.contains(&self.me) {
+        if !self.switched
+            && !matches!(self.mode, Mode::Error | Mode::Start)
+            && self.members.contains(&self.me)
+        {
             self.answer_confirmed(&mut out);
             self.pump(&mut out);
         }
@@ -263,6 +292,7 @@ impl<D: Database> Node<D> {
             Event::Deliver { from, msg } => self.on_deliver(from, msg, out),
             Event::Nodes(n) => self.cluster_nodes = n,
             Event::VerifyNow => self.verify_now(out),
+            Event::Switched { .. } => unreachable!("matched in handle"),
         }
     }
 
@@ -648,6 +678,7 @@ impl<D: Database> Node<D> {
                 promised_proposed_term,
                 promised_term,
                 index,
+                ..
             } => {
                 if self.round.is(epoch) {
                     self.confirm.state_seen(from, seq);

@@ -82,6 +82,7 @@ impl<D: Database> Node<D> {
             promised_proposed_term,
             promised_term,
             index,
+            switch_ready: false,
         };
         self.send(body, out);
     }

@@ -206,7 +206,12 @@ struct Cfg<'a> {
     replies: Vec<(usize, u64, Result<(), SimErr>)>,
     /// Messages each node delivered.
     delivered: Vec<usize>,
+    /// Switches seen ([`Action::Switched`]), by node position.
+    switched: Vec<Switch>,
 }
+
+/// A switch a node made: its position, term and the requests it handed back.
+type Switch = (usize, Term, Vec<(u64, SimOp)>);
 
 impl<'a> Cfg<'a> {
     /// Quorum then ConfChg to every node, as the simulator and corosync do.
@@ -217,6 +222,7 @@ impl<'a> Cfg<'a> {
             nodes,
             log: Vec::new(),
             replies: Vec::new(),
+            switched: Vec::new(),
         };
         for i in 0..c.nodes.len() {
             let acts = c.nodes[i].handle(Event::Quorum(quorate));
@@ -237,6 +243,7 @@ impl<'a> Cfg<'a> {
             match a {
                 Action::Multicast(m) => self.log.push((me, m)),
                 Action::Reply { req_id, result } => self.replies.push((i, req_id, result)),
+                Action::Switched { term, pending } => self.switched.push((i, term, pending)),
                 _ => {}
             }
         }
@@ -890,6 +897,7 @@ fn compat_queue_survives_a_leave() {
         promised_proposed_term: false,
         promised_term: 0,
         index,
+        switch_ready: false,
     };
     deliver(&mut a, p, 0, theirs);
     assert_eq!(a.mode(), Mode::Synced);
@@ -965,4 +973,109 @@ fn compat_restarted_member_resyncs() {
     let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
     cfg.settle();
     assert_eq!(cfg.nodes[1].db().read("while-b-was-down"), Some(&b""[..]));
+}
+
+/// The switch to the term protocol: not while one member's State does not offer it;
+/// then at the UpdateComplete of a round whose States all do, on every member, each
+/// tree labelled with the round's highest label. A write on the wire past that point
+/// is applied by nobody and handed back to its writer's adapter, unanswered.
+#[test]
+fn compat_switch_happens_where_every_state_offers_it() {
+    let (mut a, mut b, mut c) = (dfsm_node(1, 10), dfsm_node(2, 10), dfsm_node(3, 10));
+    b.db.set_term(9).unwrap();
+    a.set_switch_ready(true);
+    b.set_switch_ready(true);
+    {
+        let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+        cfg.settle();
+        assert!(cfg.switched.is_empty(), "c did not offer it");
+        assert!(cfg.nodes.iter().all(|n| !n.switched() && n.writable()));
+    }
+    c.set_switch_ready(true);
+    let mut cfg = Cfg::new(vec![&mut a, &mut b, &mut c], true);
+    // Everyone answers the SyncStart; the leader (a) delivers everything and sends
+    // its UpdateComplete; b then delivers the States only, is synced, and writes:
+    // its write follows the UpdateComplete on the wire.
+    for i in 0..3 {
+        cfg.deliver_to(i, Some(1));
+    }
+    cfg.deliver_to(0, None);
+    assert_eq!(cfg.kinds().last(), Some(&"update-complete"));
+    cfg.deliver_to(1, Some(4));
+    assert_eq!(cfg.nodes[1].mode(), Mode::Synced);
+    cfg.request(1, 5, write(5, "late"));
+    assert_eq!(cfg.kinds().last(), Some(&"normal"));
+    cfg.settle();
+    let seen: Vec<(usize, Term)> = cfg.switched.iter().map(|(i, t, _)| (*i, *t)).collect();
+    assert_eq!(seen, vec![(0, 9), (1, 9), (2, 9)]);
+    assert_eq!(cfg.switched[1].2, vec![(5, write(5, "late"))]);
+    assert!(cfg.switched[0].2.is_empty() && cfg.switched[2].2.is_empty());
+    assert!(
+        cfg.replies.is_empty(),
+        "the late write is handed back, not answered"
+    );
+    for n in &cfg.nodes {
+        assert!(n.switched());
+        assert_eq!(n.db().term(), 9);
+        assert!(n.db().applied().is_empty(), "applied past the switch point");
+    }
+    // A switched member handles nothing more.
+    assert!(cfg.nodes[0].handle(Event::VerifyNow).is_empty());
+}
+
+/// A membership change before the UpdateComplete ends the round: no switch, and the
+/// next round's States decide again.
+#[test]
+fn compat_switch_waits_for_a_whole_round() {
+    let (mut a, mut b) = (dfsm_node(1, 10), dfsm_node(2, 10));
+    a.set_switch_ready(true);
+    b.set_switch_ready(true);
+    let mut cfg = Cfg::new(vec![&mut a, &mut b], true);
+    cfg.deliver_to(1, None);
+    // b has its own State only: it changes configuration, no longer ready.
+    cfg.nodes[1].set_switch_ready(false);
+    let members = vec![cfg.nodes[0].me(), cfg.nodes[1].me()];
+    for i in 0..2 {
+        cfg.feed(
+            i,
+            Event::ConfChg {
+                members: members.clone(),
+                left: vec![],
+                joined: vec![],
+            },
+        );
+    }
+    cfg.settle();
+    assert!(cfg.switched.is_empty(), "{:?}", cfg.kinds());
+    assert!(cfg.nodes.iter().all(|n| n.mode() == Mode::Synced));
+}
+
+/// A lone node of a one-node cluster switches at its configuration change; a member
+/// told by a switched one switches keeping the higher of the two labels; the term
+/// protocol ignores the news.
+#[test]
+fn compat_switch_alone_and_late() {
+    let mut a = dfsm_node(1, 10);
+    a.set_switch_ready(true);
+    a.db.set_term(4).unwrap();
+    let cfg = Cfg::new(vec![&mut a], true);
+    assert_eq!(cfg.switched.len(), 1);
+    assert_eq!(cfg.switched[0].1, 4);
+    drop(cfg);
+    for (own, told, label) in [(3, 12, 12), (20, 12, 20)] {
+        let mut b = dfsm_node(2, 10);
+        b.db.set_term(own).unwrap();
+        let mut cfg = Cfg::new(vec![&mut b], true);
+        assert!(cfg.switched.is_empty(), "not offered: a member of its own");
+        cfg.request(0, 1, write(1, "x"));
+        cfg.feed(0, Event::Switched { term: told });
+        assert_eq!(cfg.switched.len(), 1);
+        assert_eq!(cfg.switched[0].1, label);
+        assert_eq!(cfg.nodes[0].db().term(), label);
+        // Its write went out before the news and will not be applied here.
+        assert_eq!(cfg.switched[0].2, vec![(1, write(1, "x"))]);
+    }
+    let mut t = node(3, 10);
+    assert!(t.handle(Event::Switched { term: 5 }).is_empty());
+    assert!(!t.switched());
 }

@@ -3,6 +3,7 @@
 //! through the tree service; `kvstore` is this node in pmxcfs's status group.
 pub mod kvstore;
 pub mod runner;
+pub mod switch;
 
 use corosync_sys::Cmap;
 

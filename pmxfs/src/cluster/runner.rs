@@ -96,8 +96,11 @@ pub const FOREIGN_AFTER: Duration = Duration::from_secs(10);
 /// is pmxcfs's) is the only one that accepts them.
 #[derive(Debug, Default)]
 struct Guard {
-    /// Since when the nodes in `foreign` have been seen outside the tree group.
-    since: Option<(std::time::Instant, Vec<u32>)>,
+    /// Since when each node now outside the tree group has been outside it. Counted
+    /// per node: a member that leaves and joins again (the guard makes pmxcfs's
+    /// protocol resync a node that receives a write) must not restart the count of a
+    /// node that never left the other group.
+    outside: HashMap<u32, std::time::Instant>,
     /// The guard holds: writes are refused.
     active: bool,
 }
@@ -112,31 +115,27 @@ impl Guard {
         members: &[Member],
         now: std::time::Instant,
     ) -> bool {
-        let foreign: Vec<u32> = online
-            .iter()
-            .copied()
-            .filter(|n| *n != me && !members.iter().any(|m| m.nodeid == *n))
-            .collect();
         // Not a member of its own group yet (joining again, say): nothing to judge by,
         // so the guard stays as it is.
         if !members.iter().any(|m| m.nodeid == me) {
             return false;
         }
-        if foreign.is_empty() {
-            self.since = None;
-            return std::mem::replace(&mut self.active, false);
+        let foreign = |n: &u32| *n != me && !members.iter().any(|m| m.nodeid == *n);
+        self.outside.retain(|n, _| online.contains(n) && foreign(n));
+        for n in online.iter().filter(|n| foreign(n)) {
+            self.outside.entry(*n).or_insert(now);
         }
-        let since = match &self.since {
-            Some((t, f)) if *f == foreign => *t,
-            _ => {
-                self.since = Some((now, foreign.clone()));
-                now
-            }
-        };
-        let hold = now.duration_since(since) >= FOREIGN_AFTER;
+        let mut long: Vec<u32> = self
+            .outside
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= FOREIGN_AFTER)
+            .map(|(n, _)| *n)
+            .collect();
+        long.sort_unstable();
+        let hold = !long.is_empty();
         if hold && !self.active {
             tracing::error!(
-                nodes = ?foreign,
+                nodes = ?long,
                 "these nodes run pmxcfs or pmxfs but are not in this node's tree group: they \
                  speak another cluster protocol (pmxcfs's pve_dcdb_v1, or pmxfs's own); this \
                  node refuses writes until every node runs the same --protocol"
@@ -184,19 +183,36 @@ impl AsRawFd for Fd {
     }
 }
 
+/// What `pmxfs status` calls `protocol`.
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Terms => "pmxfs",
+        Protocol::Dfsm => "pmxcfs",
+    }
+}
+
 /// Start the cluster thread, speaking `protocol`, which checks the tree against the
-/// other nodes' every `verify_every`; returns the replicator for
+/// other nodes' every `verify_every`; with `upgrade` (`--protocol auto`), a node in
+/// pmxcfs's protocol switches to pmxfs's own once the cluster agrees, and a node that
+/// has switched keeps the sentinel (`switch.rs`). Returns the replicator for
 /// [`Tree::set_replicator`].
 pub fn start(
     tree: Arc<Tree>,
     verify_every: Duration,
     protocol: Protocol,
+    upgrade: bool,
 ) -> Result<ClusterReplicator> {
     let (tx, rx) = channel(REQUEST_QUEUE);
-    let _ = tree.protocol.set(match protocol {
-        Protocol::Terms => "pmxfs",
-        Protocol::Dfsm => "pmxcfs",
-    });
+    let switched_at = tree.replica().tree().read().switched_at();
+    *tree.protocol.lock() = crate::tree::ProtocolStatus {
+        speaks: protocol_name(protocol),
+        upgrade,
+        switched_at,
+        refused: Vec::new(),
+    };
+    if let (true, Protocol::Terms, Some(term)) = (upgrade, protocol, switched_at) {
+        super::switch::spawn(None, term, tree.clone())?;
+    }
     std::thread::Builder::new()
         .name("pmxfs-cluster".into())
         .spawn(move || {
@@ -204,23 +220,75 @@ pub fn start(
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(supervise(tree, rx, verify_every, protocol));
+            rt.block_on(supervise(tree, rx, verify_every, protocol, upgrade));
         })?;
     Ok(ClusterReplicator { tx })
 }
+
+/// How a session ended without an error.
+enum End {
+    /// The kernel's side closed: the daemon stops.
+    Closed,
+    /// The core switched to the term protocol at `term`: `cpg` (still in
+    /// `pve_dcdb_v1`) becomes the sentinel, and `pending` goes to the next session.
+    Switched {
+        cpg: Box<Cpg>,
+        term: u64,
+        pending: Vec<Request>,
+    },
+}
+
+/// What the core handed over when it switched: its term and unanswered requests.
+type Handover = (u64, Vec<(u64, Op)>);
+
+/// The run closure's way out of the session loop when the core switched.
+#[derive(Debug, thiserror::Error)]
+#[error("switched to pmxfs's own protocol")]
+struct SwitchNow;
 
 async fn supervise(
     tree: Arc<Tree>,
     mut rx: Receiver<Request>,
     verify_every: Duration,
-    protocol: Protocol,
+    mut protocol: Protocol,
+    upgrade: bool,
 ) {
     // The guard outlives a session: a node it stops may leave and join again (a write
     // delivered to it without quorum makes it resync), and must not forget why.
     let mut guard = Guard::default();
+    let mut carried = Vec::new();
     loop {
-        match session(&tree, &mut rx, verify_every, protocol, &mut guard).await {
-            Ok(()) => return,
+        let s = Session {
+            verify_every,
+            protocol,
+            upgrade,
+        };
+        match session(&tree, &mut rx, s, &mut guard, std::mem::take(&mut carried)).await {
+            Ok(End::Closed) => return,
+            Ok(End::Switched { cpg, term, pending }) => {
+                tracing::warn!(
+                    term,
+                    "the cluster switched from pmxcfs's protocol to pmxfs's own: this node \
+                     now replicates in pmxfs_dcdb_v2, with pmxfs's tree rules, and refuses \
+                     pmxcfs daemons"
+                );
+                tree.replica()
+                    .tree()
+                    .write()
+                    .set_dialect(memdb::Dialect::Pmxfs);
+                protocol = Protocol::Terms;
+                {
+                    let mut p = tree.protocol.lock();
+                    p.speaks = protocol_name(protocol);
+                    p.switched_at = Some(term);
+                }
+                if let Err(e) = super::switch::spawn(Some(*cpg), term, tree.clone()) {
+                    tracing::error!("cannot start the sentinel: {e}");
+                }
+                carried = pending;
+                // The new group starts with this node alone: the others follow.
+                guard = Guard::default();
+            }
             Err(e) if e.is::<NewerProtocol>() => {
                 // pmxcfs's DFSM_MODE_VERSION_ERROR: never restarted.
                 tracing::error!("{e:#}; this node stays read-only until it is updated");
@@ -259,13 +327,26 @@ fn member(a: &CpgAddress) -> Member {
 #[error("detected newer protocol {0} from {1} - please update this node")]
 struct NewerProtocol(u32, Member);
 
+/// What a session speaks.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    verify_every: Duration,
+    protocol: Protocol,
+    upgrade: bool,
+}
+
 async fn session(
     tree: &Arc<Tree>,
     rx: &mut Receiver<Request>,
-    verify_every: Duration,
-    protocol: Protocol,
+    s: Session,
     guard: &mut Guard,
-) -> Result<()> {
+    carried: Vec<Request>,
+) -> Result<End> {
+    let Session {
+        verify_every,
+        protocol,
+        ..
+    } = s;
     let cpg = Cpg::initialize().context("cpg_initialize")?;
     let quorum = Quorum::initialize().context("quorum_initialize")?;
     let cmap = Cmap::initialize().ok();
@@ -291,6 +372,8 @@ async fn session(
     let mut waiting: Waiting = HashMap::new();
     let next_req = std::cell::Cell::new(0u64);
     let ages = std::cell::RefCell::new(LockAges::default());
+    // Set when the core switched (`Action::Switched`): its term and pending requests.
+    let switched: std::cell::RefCell<Option<Handover>> = Default::default();
     let m = &tree.metrics;
     let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
         let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
@@ -377,6 +460,17 @@ async fn session(
                 }
                 Action::ModeChanged(Mode::Error) => stopped = true,
                 Action::ModeChanged(mode) => tracing::info!(?mode, "cluster sync mode"),
+                Action::Switched { term, pending } => {
+                    // Durable before anything is sent in the new group: a node that
+                    // restarts after this speaks pmxfs's protocol, never pmxcfs's.
+                    tree.replica()
+                        .tree()
+                        .write()
+                        .set_switched(term)
+                        .map_err(|e| anyhow::anyhow!("recording the protocol switch: {e}"))?;
+                    *switched.borrow_mut() = Some((term, pending));
+                    return Err(SwitchNow.into());
+                }
             }
         }
         if stopped {
@@ -388,10 +482,12 @@ async fn session(
         Ok(())
     };
 
-    let q = quorum.getquorate().unwrap_or(false);
-    // corosync's quorum, and the guard that may override it (`Guard`).
-    let corosync_quorate = std::cell::Cell::new(q);
-    let q = q && !guard.active;
+    let view = QuorumView {
+        corosync: std::cell::Cell::new(quorum.getquorate().unwrap_or(false)),
+        // Judged at the first confchg where it applies.
+        majority: std::cell::Cell::new(!view_counts_group(s)),
+    };
+    let q = view.effective(guard.active);
     tree.status.set_quorate(q);
     run(
         &mut node,
@@ -401,62 +497,93 @@ async fn session(
         },
     )?;
     run(&mut node, &mut waiting, Event::Quorum(q))?;
+    // Writes a switch took from the previous session, in their order.
+    for (op, reply) in carried {
+        let req_id = next_req.get() + 1;
+        next_req.set(req_id);
+        waiting.insert(req_id, reply);
+        run(&mut node, &mut waiting, Event::LocalRequest { req_id, op })?;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut verify =
         tokio::time::interval_at(tokio::time::Instant::now() + verify_every, verify_every);
-    loop {
-        tokio::select! {
-            g = cpg_fd.readable() => {
-                let mut g = g?;
-                let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
-                g.clear_ready();
-                quorum_events(tree, &quorum, &corosync_quorate, guard.active, &mut node, &mut waiting, &run)?;
-                for e in events {
-                    cpg_event(tree, cmap.as_ref(), protocol, &mut node, &mut waiting, &run, e)?;
+    let result: Result<()> = async {
+        loop {
+            tokio::select! {
+                g = cpg_fd.readable() => {
+                    let mut g = g?;
+                    let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
+                    g.clear_ready();
+                    quorum_events(tree, &quorum, &view, guard.active, &mut node, &mut waiting, &run)?;
+                    for e in events {
+                        cpg_event(tree, cmap.as_ref(), s, (&view, guard.active), &mut node, &mut waiting, &run, e)?;
+                    }
                 }
-            }
-            g = q_fd.readable() => {
-                let mut g = g?;
-                g.clear_ready();
-                quorum_events(tree, &quorum, &corosync_quorate, guard.active, &mut node, &mut waiting, &run)?;
-            }
-            r = rx.recv() => {
-                let Some((op, reply)) = r else { return Ok(()) };
-                if let Some(pre) = unlock_request(protocol, tree, &op) {
-                    tracing::info!(path = op.path(), "unlock request");
-                    // pmxcfs's utime(0, 0) on a lock: ask the lowest node to release it,
-                    // then send the MTIME, which its tree refuses (EACCES).
+                g = q_fd.readable() => {
+                    let mut g = g?;
+                    g.clear_ready();
+                    quorum_events(tree, &quorum, &view, guard.active, &mut node, &mut waiting, &run)?;
+                }
+                r = rx.recv() => {
+                    let Some((op, reply)) = r else { return Ok(()) };
+                    if let Some(pre) = unlock_request(protocol, tree, &op) {
+                        tracing::info!(path = op.path(), "unlock request");
+                        // pmxcfs's utime(0, 0) on a lock: ask the lowest node to release it,
+                        // then send the MTIME, which its tree refuses (EACCES).
+                        let req_id = next_req.get() + 1;
+                        next_req.set(req_id);
+                        run(&mut node, &mut waiting, Event::LocalRequest { req_id, op: pre })?;
+                    }
                     let req_id = next_req.get() + 1;
                     next_req.set(req_id);
-                    run(&mut node, &mut waiting, Event::LocalRequest { req_id, op: pre })?;
+                    waiting.insert(req_id, reply);
+                    run(&mut node, &mut waiting, Event::LocalRequest { req_id, op })?;
                 }
-                let req_id = next_req.get() + 1;
-                next_req.set(req_id);
-                waiting.insert(req_id, reply);
-                run(&mut node, &mut waiting, Event::LocalRequest { req_id, op })?;
-            }
-            _ = verify.tick() => {
-                run(&mut node, &mut waiting, Event::VerifyNow)?;
-            }
-            _ = tick.tick() => {
-                // Also drains anything an edge-triggered wakeup might have left behind.
-                let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
-                quorum_events(tree, &quorum, &corosync_quorate, guard.active, &mut node, &mut waiting, &run)?;
-                for e in events {
-                    cpg_event(tree, cmap.as_ref(), protocol, &mut node, &mut waiting, &run, e)?;
+                _ = verify.tick() => {
+                    run(&mut node, &mut waiting, Event::VerifyNow)?;
                 }
-                run(&mut node, &mut waiting, Event::Tick { now: tree.clock.now() })?;
-                let online = tree.status.online();
-                if guard.check(me, &online, node.members(), std::time::Instant::now()) {
-                    let q = corosync_quorate.get() && !guard.active;
-                    tree.status.set_quorate(q);
-                    run(&mut node, &mut waiting, Event::Quorum(q))?;
-                    if !guard.active {
-                        tracing::info!("every node shares this node's tree group again");
+                _ = tick.tick() => {
+                    // Also drains anything an edge-triggered wakeup might have left behind.
+                    let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
+                    quorum_events(tree, &quorum, &view, guard.active, &mut node, &mut waiting, &run)?;
+                    for e in events {
+                        cpg_event(tree, cmap.as_ref(), s, (&view, guard.active), &mut node, &mut waiting, &run, e)?;
+                    }
+                    run(&mut node, &mut waiting, Event::Tick { now: tree.clock.now() })?;
+                    // Nodes the sentinel refused cannot accept writes: not another group.
+                    let refused = tree.protocol.lock().refused.clone();
+                    let mut online = tree.status.online();
+                    online.retain(|n| !refused.contains(n));
+                    if guard.check(me, &online, node.members(), std::time::Instant::now()) {
+                        let q = view.effective(guard.active);
+                        tree.status.set_quorate(q);
+                        run(&mut node, &mut waiting, Event::Quorum(q))?;
+                        if !guard.active {
+                            tracing::info!("every node shares this node's tree group again");
+                        }
                     }
                 }
             }
         }
+    }
+    .await;
+    let taken = switched.borrow_mut().take();
+    match (result, taken) {
+        (Ok(()), _) => Ok(End::Closed),
+        (Err(e), Some((term, pending))) if e.is::<SwitchNow>() => {
+            let pending = pending
+                .into_iter()
+                .filter_map(|(id, op)| waiting.remove(&id).map(|r| (op, r)))
+                .collect();
+            // Deregistered before the handle moves to the sentinel's thread.
+            drop(cpg_fd);
+            Ok(End::Switched {
+                cpg: Box::new(cpg),
+                term,
+                pending,
+            })
+        }
+        (Err(e), _) => Err(e),
     }
 }
 
@@ -478,6 +605,37 @@ fn unlock_request(protocol: Protocol, tree: &Tree, op: &Op) -> Option<Op> {
     })
 }
 
+/// What this node feeds its core as quorum: corosync's, unless the guard holds, and,
+/// on a node that came through the switch, only while its tree group holds a majority
+/// of the cluster's nodes. corosync counts nodes, not daemons: while the others are
+/// still in pmxcfs's group (between the switch point and their move, or down), a node
+/// alone in pmxfs's group is quorate by corosync, and the term protocol, which takes a
+/// quorate configuration for a majority, would answer writes only it holds and could
+/// share a term with a majority formed later without it.
+#[derive(Debug)]
+struct QuorumView {
+    corosync: std::cell::Cell<bool>,
+    majority: std::cell::Cell<bool>,
+}
+
+impl QuorumView {
+    fn effective(&self, guarded: bool) -> bool {
+        self.corosync.get() && self.majority.get() && !guarded
+    }
+}
+
+/// Whether a session's quorum also needs its group to hold a majority of the nodes:
+/// the term protocol on a node that came through the switch (`--protocol auto`).
+fn view_counts_group(s: Session) -> bool {
+    s.upgrade && s.protocol == Protocol::Terms
+}
+
+/// A group of `members` processes holds a majority of `nodes` configured nodes (a node
+/// list of two or fewer, or an unknown one, is corosync's alone to judge: `two_node`).
+fn group_majority(nodes: usize, members: usize) -> bool {
+    nodes <= 2 || members * 2 > nodes
+}
+
 /// Feed every queued quorum notification to the core, whether or not its descriptor
 /// was reported readable yet.
 ///
@@ -492,7 +650,7 @@ fn unlock_request(protocol: Protocol, tree: &Tree, op: &Op) -> Option<Op> {
 fn quorum_events(
     tree: &Tree,
     quorum: &Quorum,
-    corosync_quorate: &std::cell::Cell<bool>,
+    view: &QuorumView,
     guarded: bool,
     node: &mut Node<Replica>,
     waiting: &mut Waiting,
@@ -501,8 +659,8 @@ fn quorum_events(
     for e in quorum.dispatch(Dispatch::All).context("quorum_dispatch")? {
         if let QuorumEvent::Quorum { quorate, .. } = e {
             tracing::info!(quorate, "quorum changed");
-            corosync_quorate.set(quorate);
-            let q = quorate && !guarded;
+            view.corosync.set(quorate);
+            let q = view.effective(guarded);
             tree.status.set_quorate(q);
             run(node, waiting, Event::Quorum(q))?;
         }
@@ -512,10 +670,12 @@ fn quorum_events(
 
 /// Feed one CPG callback to the core (every path that dispatches CPG goes through here,
 /// so no configuration change can be dropped).
+#[allow(clippy::too_many_arguments)]
 fn cpg_event(
     tree: &Tree,
     cmap: Option<&Cmap>,
-    protocol: Protocol,
+    s: Session,
+    (view, guarded): (&QuorumView, bool),
     node: &mut Node<Replica>,
     waiting: &mut Waiting,
     run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
@@ -524,7 +684,7 @@ fn cpg_event(
     match e {
         CpgEvent::Deliver { nodeid, pid, data } => {
             Metrics::bump(&tree.metrics.cluster_delivered);
-            deliver(protocol, node, waiting, run, nodeid, pid, &data)
+            deliver(s, node, waiting, run, nodeid, pid, &data)
         }
         CpgEvent::ConfChg {
             members,
@@ -532,8 +692,24 @@ fn cpg_event(
             joined,
         } => {
             let nodes = publish_members(tree, cmap);
-            if nodes > 0 {
-                run(node, waiting, Event::Nodes(nodes))?;
+            if !nodes.is_empty() {
+                run(node, waiting, Event::Nodes(nodes.len()))?;
+            }
+            // Before the confchg: the State this configuration's round sends says it.
+            node.set_switch_ready(s.upgrade && super::switch::ready(&nodes, &members));
+            if view_counts_group(s) {
+                let m = group_majority(nodes.len(), members.len());
+                if m != view.majority.replace(m) {
+                    let q = view.effective(guarded);
+                    tracing::info!(
+                        members = members.len(),
+                        nodes = nodes.len(),
+                        quorate = q,
+                        "this group's share of the cluster's nodes changed"
+                    );
+                    tree.status.set_quorate(q);
+                    run(node, waiting, Event::Quorum(q))?;
+                }
             }
             run(
                 node,
@@ -555,7 +731,7 @@ fn cpg_event(
 /// is ignored, and one of a newer, which stops this node's replication for good, as
 /// pmxcfs's version error does.
 fn deliver(
-    protocol: Protocol,
+    s: Session,
     node: &mut Node<Replica>,
     waiting: &mut Waiting,
     run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
@@ -564,8 +740,14 @@ fn deliver(
     data: &[u8],
 ) -> Result<()> {
     let from = Member::new(nodeid, pid);
-    match verdict(protocol, data) {
+    match verdict(s.protocol, data) {
         Verdict::Deliver(msg) => run(node, waiting, Event::Deliver { from, msg }),
+        Verdict::Switched(term) if s.upgrade => {
+            tracing::info!(%from, term, "a node says the cluster switched to pmxfs's own protocol");
+            run(node, waiting, Event::Switched { term })
+        }
+        // Not allowed to switch (`--protocol pmxcfs`): pmxcfs's version error.
+        Verdict::Switched(_) => Err(NewerProtocol(memdb::dcdb::SWITCHED_PROTOCOL, from).into()),
         Verdict::Drop(err) => {
             tracing::warn!(%from, len = data.len(), "dropping malformed cluster message: {err}");
             Ok(())
@@ -597,6 +779,8 @@ enum Verdict {
     /// pmxcfs's protocol: a newer protocol version; replication stops for good (pmxcfs's
     /// version error).
     Newer(u32),
+    /// pmxcfs's protocol: a switched node's announcement ([`memdb::dcdb::encode_switched`]).
+    Switched(u64),
 }
 
 fn verdict(protocol: Protocol, data: &[u8]) -> Verdict {
@@ -609,6 +793,9 @@ fn verdict(protocol: Protocol, data: &[u8]) -> Verdict {
         },
         Protocol::Dfsm => match memdb::dcdb::decode(data) {
             Ok(m) => Verdict::Deliver(m),
+            Err(_) if memdb::dcdb::decode_switched(data).is_some() => {
+                Verdict::Switched(memdb::dcdb::decode_switched(data).expect("checked"))
+            }
             Err(DecodeError::Dcdb(DcdbError::OlderProtocol(v))) => Verdict::Ignore(v),
             Err(DecodeError::Dcdb(DcdbError::Wire(
                 pve_status::wire::WireError::NewerProtocol(v),
@@ -619,15 +806,16 @@ fn verdict(protocol: Protocol, data: &[u8]) -> Verdict {
 }
 
 /// Publish the cluster's name and node list for `.members` and `pmxfs status` (who
-/// is online is the kvstore group's part); returns how many nodes it lists, which the
-/// core counts a write's majority in (0, publishing nothing, if cmap could not be read).
-fn publish_members(tree: &Tree, cmap: Option<&Cmap>) -> usize {
+/// is online is the kvstore group's part); returns the node ids it lists, whose count
+/// the core counts a write's majority in (none, publishing nothing, if cmap could not
+/// be read).
+fn publish_members(tree: &Tree, cmap: Option<&Cmap>) -> Vec<u32> {
     let Some((name, nodes)) = super::nodelist(cmap) else {
-        return 0;
+        return Vec::new();
     };
-    let n = nodes.len();
+    let ids = nodes.iter().map(|(_, id)| *id).collect();
     tree.status.set_nodelist(name, nodes);
-    n
+    ids
 }
 
 #[cfg(test)]
@@ -696,6 +884,13 @@ mod tests {
         b[2] = 9; // an unknown dcdb message type
         assert!(matches!(verdict(Protocol::Dfsm, &b), Verdict::Leave(e) if e.contains("unknown")));
         assert!(matches!(verdict(Protocol::Terms, &good), Verdict::Drop(_)));
+        // A switched node's announcement, and anything else of version 2.
+        let sw = memdb::dcdb::encode_switched(1000, 7);
+        assert!(matches!(verdict(Protocol::Dfsm, &sw), Verdict::Switched(7)));
+        assert!(matches!(
+            verdict(Protocol::Dfsm, &sw[..sw.len() - 1]),
+            Verdict::Newer(2)
+        ));
     }
 
     /// Every truncation and many byte flips of every captured kind: a verdict each,
@@ -745,15 +940,47 @@ mod tests {
             "n3 joined"
         );
         assert!(!g.active);
-        // A different set of outsiders starts its own count.
+        // Each outsider has its own count.
         assert!(!g.check(1, &[1, 2, 3], &members, t0));
         assert!(!g.check(1, &[1, 2, 4], &members, later));
         assert!(!g.active, "n4 is new: counted from now");
+        // A member that leaves and comes back does not restart n4's count (CI: the
+        // guarded node resynced every 2 s and the unguarded one never counted to 10).
+        let mid = later + FOREIGN_AFTER / 2;
+        assert!(!g.check(1, &[1, 2, 4], &[m(1)], mid));
+        assert!(!g.check(1, &[1, 2, 4], &members, mid));
         // Not in its own group yet (joining again): the guard stays as it was.
         assert!(g.check(1, &[1, 2, 4], &members, later + FOREIGN_AFTER));
         assert!(g.active);
         assert!(!g.check(1, &[1, 2, 4], &[m(2)], later + FOREIGN_AFTER * 2));
         assert!(g.active, "rejoining does not lift the guard");
+    }
+
+    #[test]
+    fn a_switched_group_needs_a_majority_of_the_nodes() {
+        assert!(
+            !group_majority(3, 1),
+            "alone in pmxfs's group of a 3-node cluster"
+        );
+        assert!(group_majority(3, 2));
+        assert!(!group_majority(4, 2), "half is not a majority");
+        assert!(group_majority(2, 1), "two_node: corosync's call");
+        assert!(group_majority(0, 1), "node list unknown");
+        let s = |upgrade, protocol| Session {
+            verify_every: Duration::from_secs(1),
+            protocol,
+            upgrade,
+        };
+        assert!(view_counts_group(s(true, Protocol::Terms)));
+        assert!(!view_counts_group(s(true, Protocol::Dfsm)), "pmxcfs's rule");
+        assert!(!view_counts_group(s(false, Protocol::Terms)));
+        let v = QuorumView {
+            corosync: true.into(),
+            majority: false.into(),
+        };
+        assert!(!v.effective(false));
+        v.majority.set(true);
+        assert!(v.effective(false) && !v.effective(true));
     }
 
     #[test]

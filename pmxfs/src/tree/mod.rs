@@ -118,8 +118,24 @@ pub struct Tree {
     pub clock: Clock,
     /// The transport carrying requests ("io_uring, N queues" or "/dev/fuse").
     pub transport: OnceLock<String>,
-    /// The cluster protocol the node speaks ("pmxfs" or "pmxcfs"), once it joined.
-    pub protocol: OnceLock<&'static str>,
+    /// The cluster protocol the node speaks, and the switch between the two.
+    pub protocol: Mutex<ProtocolStatus>,
+}
+
+/// What `pmxfs status` says of the cluster protocol (README, "Mixed clusters and
+/// upgrading").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtocolStatus {
+    /// "pmxfs" or "pmxcfs" once the node joined; empty before (and in local mode).
+    pub speaks: &'static str,
+    /// `--protocol auto`: the node switches to pmxfs's own protocol once every node
+    /// of the cluster runs pmxfs and offers it.
+    pub upgrade: bool,
+    /// The switch's term, once this node switched.
+    pub switched_at: Option<u64>,
+    /// Nodes this switched node refused in pmxcfs's group (they stopped with pmxcfs's
+    /// "detected newer protocol" or switched themselves).
+    pub refused: Vec<u32>,
 }
 
 impl Tree {
@@ -152,7 +168,7 @@ impl Tree {
             metrics: Metrics::default(),
             clock: Clock::default(),
             transport: OnceLock::new(),
-            protocol: OnceLock::new(),
+            protocol: Mutex::new(ProtocolStatus::default()),
         })
     }
 
