@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Manual interoperability check, not part of CI (CI cannot build pmxcfs): a real 3-node
 # corosync cluster in which some nodes run the C pmxcfs 9.1.6 and the others pmxfs with
-# `--protocol pmxcfs`, all in pmxcfs's CPG group `pve_dcdb_v1`, sharing one tree. Checks:
+# `--protocol auto` (the drop-in's; MIXED_PROTOCOL=pmxcfs for the mode that never
+# switches), all in pmxcfs's CPG group `pve_dcdb_v1`, sharing one tree. Checks:
 #   s. every daemon comes up and every node shows the same tree
 #   a. writes both ways: every kind of change (create+write, mkdir, rename of a file and
 #      of a directory, truncate, pwrite, utime, unlink, rmdir, a guest config) made on
@@ -19,8 +20,14 @@
 #      answered, and pmxcfs logs "data verification successful"
 #   e. no daemon logged a protocol error (pmxcfs: crit lines of [dcdb]/[dfsm], "leave";
 #      pmxfs: malformed messages, the protocol core stopping) but where a check caused it
-#   u. the rolling upgrade to pmxfs's protocol once the last pmxcfs node is replaced:
-#      not implemented yet, reported as NOT DONE
+#   u. the rolling upgrade (after e, whose errors it causes on purpose; MIXED_ONLY
+#      without u skips it): no pmxfs node switched while pmxcfs nodes ran (u1); each
+#      pmxcfs node is replaced by pmxfs --protocol auto on pmxcfs's own config.db, and
+#      once the last one is, all three switch to pmxfs's protocol at one term (u2) and
+#      replicate on (u3); pmxcfs started again on a node is refused: it logs "detected
+#      newer protocol - please update this node" and leaves the tree group (writes there
+#      block, pmxcfs's own way), while the others go on writing past the guard's 10 s
+#      (u4); pmxfs back there rejoins with what they wrote (u5)
 # Prints PASS/FAIL per check and exits non-zero on any FAIL.
 #
 # pmxcfs runs in its node's netns with private mount and UTS namespaces (scripts/pmxcfs-ns.sh)
@@ -34,7 +41,8 @@
 #   MIXED_PMXFS  the nodes (of 1 2 3) that run pmxfs, default "2"; "1" makes pmxfs the
 #                lowest node id, which opens every sync round and sends VERIFY_REQUESTs
 #   MIXED_KEEP   copy every daemon's log there before cleaning up
-#   MIXED_ONLY   the checks to run, of "a l x c k" (default all; s, v and e always run)
+#   MIXED_ONLY   the checks to run, of "a l x c k u" (default all; s, v and e always run)
+#   MIXED_PROTOCOL  pmxfs's --protocol (default auto; u needs auto)
 #   MIXED_CFS_ARGS  extra pmxcfs arguments (e.g. -d for its debug log)
 #   MIXED_HOLD   a file: keep the cluster up after the checks until it is removed
 set -euo pipefail
@@ -46,7 +54,8 @@ CLUSTER=$REPO/scripts/cluster.sh
 PMXCFS_BIN=${PMXCFS_BIN:-/tmp/pmxcfs-build/src/pmxcfs/pmxcfs}
 PMXFS_BIN=${PMXFS_BIN:-$REPO/target/release/pmxfs}
 SLOW=${MIXED_SLOW:-1}
-ONLY=${MIXED_ONLY:-a l x c k}
+ONLY=${MIXED_ONLY:-a l x c k u}
+PROTOCOL=${MIXED_PROTOCOL:-auto}
 run() { [[ " $ONLY " == *" $1 "* ]]; }
 N=3
 
@@ -80,7 +89,7 @@ if ! flock -n 9; then
 fi
 
 DIR=$(mktemp -d /tmp/pmxfs-mixed-cluster.XXXXXX)
-declare -A PID HOLDER
+declare -A PID HOLDER DB
 FAILS=0 CHECKS=0
 
 mnt_of() { if [ "${KIND[$1]}" = pmxfs ]; then echo "$DIR/n$1/mnt"; else echo /etc/pve; fi; }
@@ -106,8 +115,8 @@ start_node() {
     mkdir -p "$DIR/n$k/mnt" "$DIR/n$k/rrd" "$DIR/n$k/run"
     [ -f "$DIR/n$k/pve-corosync.conf" ] || cp "$DIR/n$k/corosync.conf" "$DIR/n$k/pve-corosync.conf"
     PMXFS_RUN_DIR=$DIR/n$k/run nsenter --net="/run/netns/pmx$k" -- "$PMXFS_BIN" --foreground \
-      --protocol pmxcfs --verify-every 5 --nodename "n$k" --mount "$DIR/n$k/mnt" \
-      --db "$DIR/n$k/config.db" --corosync-conf "$DIR/n$k/pve-corosync.conf" \
+      --protocol "$PROTOCOL" --verify-every 5 --nodename "n$k" --mount "$DIR/n$k/mnt" \
+      --db "${DB[$k]:-$DIR/n$k/config.db}" --corosync-conf "$DIR/n$k/pve-corosync.conf" \
       --rrd-dir "$DIR/n$k/rrd" --rrdcached "" \
       --pidfile "$DIR/n$k/pmxfs.pid" --restart-flag "$DIR/n$k/restart-flag" \
       >>"$(log_of "$k")" 2>&1 </dev/null &
@@ -188,8 +197,12 @@ echo "== s. setup: $(who 1), $(who 2), $(who 3)"
 bash "$CLUSTER" up --no-pmxfs $N "$DIR" >/dev/null 2>"$DIR/cluster.log" ||
   die "cluster.sh up failed: $(cat "$DIR/cluster.log")"
 # Every namespace before any FUSE mount: a mount namespace copies the mounts live.
+# pmxcfs's /var/lib/pve-cluster is a directory of the host, so that the pmxfs that
+# replaces it in u opens the same config.db.
 for k in "${CFS_NODES[@]}"; do
-  pmxcfs_ns "$DIR/ns$k" "n$k" "pmx$k" "$DIR/n$k/corosync.conf" || die "no namespace for n$k"
+  mkdir -p "$DIR/n$k/lib"
+  pmxcfs_ns "$DIR/ns$k" "n$k" "pmx$k" "$DIR/n$k/corosync.conf" "$DIR/n$k/lib" ||
+    die "no namespace for n$k"
   HOLDER[$k]=$PMXCFS_HOLDER
 done
 for k in 1 2 3; do start_node "$k"; done
@@ -391,12 +404,105 @@ for k in "${FS_NODES[@]}"; do
 done
 if [ $bad = 0 ]; then pass "e1: no protocol error logged by any daemon"; else fail "e1: protocol errors logged (above)"; fi
 
+# ------------------------------------------------------------------------- u. upgrade
+# status_field K FIELD: a field of pmxfs's `status --json` on node K.
+status_field() {
+  PMXFS_RUN_DIR=$DIR/n$1/run "$PMXFS_BIN" status --json --mount "$DIR/n$1/mnt" 2>/dev/null |
+    grep -o "\"$2\": *[^,}]*" | head -1 | sed 's/^[^:]*: *//; s/"//g'
+}
+speaks() { [ "$(status_field "$1" cluster_protocol)" = "$2" ]; }
+all_speak() { local k; for k in 1 2 3; do speaks "$k" "$1" || return 1; done; }
+if run u && [ "$PROTOCOL" = auto ]; then
+  echo "== u. rolling upgrade: every pmxcfs node replaced by pmxfs --protocol auto"
+  stayed=1
+  for k in "${FS_NODES[@]}"; do speaks "$k" pmxcfs || stayed=0; done
+  if [ $stayed = 1 ]; then
+    pass "u1: beside pmxcfs nodes, no pmxfs node switched (cluster_protocol pmxcfs)"
+  else
+    fail "u1: a pmxfs node switched while pmxcfs nodes ran"
+  fi
+  t_last=0
+  for k in "${CFS_NODES[@]}"; do
+    kill_node "$k"
+    KIND[$k]=pmxfs DB[$k]=$DIR/n$k/lib/config.db
+    start_node "$k"
+    poll 30 node_up "$k" || fail "u: pmxfs on n$k (pmxcfs's database) did not come up: $(tail -5 "$(log_of "$k")")"
+    info "n$k: pmxcfs replaced by pmxfs on $(basename "${DB[$k]}") of /var/lib/pve-cluster"
+    t_last=$(date +%s%N)
+  done
+  same_term() {
+    all_speak pmxfs || return 1
+    local t k
+    t=$(status_field 1 switched_at)
+    [ -n "$t" ] && [ "$t" != null ] || return 1
+    for k in 2 3; do [ "$(status_field "$k" switched_at)" = "$t" ] || return 1; done
+  }
+  if poll 60 same_term; then
+    pass "u2: all three switched to pmxfs's protocol at term $(status_field 1 switched_at), $((($(date +%s%N) - t_last) / 1000000)) ms after the last pmxcfs node was replaced"
+  else
+    fail "u2: no common switch: $(for k in 1 2 3; do echo -n "n$k=$(status_field "$k" cluster_protocol)/$(status_field "$k" switched_at) "; done)"
+  fi
+  ok=1
+  for k in 1 2 3; do
+    wr "$k" "upgraded-$TOK-$k" "after the switch on n$k" || ok=0
+  done
+  if [ $ok = 1 ] && poll 20 all_same && has 1 "upgraded-$TOK-3" "after the switch on n3" &&
+    has 3 "upgraded-$TOK-1" "after the switch on n1"; then
+    pass "u3: after the switch, writes on every node reach every node, trees identical"
+  else
+    fail "u3: writes after the switch: written=$ok, trees same=$(all_same && echo yes || echo no)"
+  fi
+  # pmxcfs on a node again: refused.
+  r=${CFS_NODES[0]} o=$((${CFS_NODES[0]} % 3 + 1))
+  kill_node "$r"
+  KIND[$r]=pmxcfs
+  start_node "$r"
+  refused_by() { # n$o's status lists n$r as refused
+    PMXFS_RUN_DIR=$DIR/n$o/run "$PMXFS_BIN" status --json --mount "$DIR/n$o/mnt" 2>/dev/null |
+      tr -d ' \n' |
+      grep -Eq "\"refused\":\[([0-9]+,)*$r[],]"
+  }
+  if poll 30 grep -q "detected newer protocol - please update this node" "$(log_of "$r")" && poll 20 refused_by; then
+    # No write is tried there: pmxcfs 9.1.6 in its version error blocks a writer for
+    # good (it waits for its own message, which the group it left never delivers),
+    # and the writer cannot be killed until its FUSE connection is aborted.
+    t0=$(date +%s)
+    wrote=0 tries=0
+    while [ $(($(date +%s) - t0)) -lt 14 ]; do
+      for k in 1 2 3; do
+        [ "$k" = "$r" ] && continue
+        tries=$((tries + 1))
+        wr "$k" "beside-refused-$k" "$tries" && wrote=$((wrote + 1))
+      done
+      sleep 1
+    done
+    last=$(on "$o" cat "$(mnt_of "$o")/beside-refused-$o")
+    if [ $wrote = $tries ] && ! has "$r" "beside-refused-$o" "$last"; then
+      pass "u4: pmxcfs on n$r: 'detected newer protocol - please update this node', listed as refused by n$o, out of the tree; the pmxfs nodes wrote on for 14 s ($wrote of $tries writes)"
+    else
+      fail "u4: beside the refused pmxcfs on n$r: $wrote of $tries writes on the others; n$r has their last=$(has "$r" "beside-refused-$o" "$last" && echo yes || echo no)"
+    fi
+  else
+    fail "u4: pmxcfs on n$r was not refused: $(grep -E 'crit|protocol' "$(log_of "$r")" | tail -3 | tr '\n' '|')"
+  fi
+  kill_node "$r"
+  KIND[$r]=pmxfs
+  start_node "$r"
+  if poll 30 node_up "$r" && poll 60 all_speak pmxfs && poll 60 all_same &&
+    has "$r" "beside-refused-$o" "$(on "$o" cat "$(mnt_of "$o")/beside-refused-$o")"; then
+    pass "u5: pmxfs back on n$r rejoined in pmxfs's protocol with the writes made meanwhile"
+  else
+    fail "u5: pmxfs back on n$r: $(status_field "$r" cluster_protocol), trees same=$(all_same && echo yes || echo no)"
+  fi
+elif run u; then
+  echo "SKIP u: the upgrade needs MIXED_PROTOCOL=auto"
+fi
+
 if [ -n "${MIXED_HOLD:-}" ]; then
   # For a look by hand: the cluster stays up until the file MIXED_HOLD is removed.
   : >"$MIXED_HOLD"
   echo "holding the cluster in $DIR (pmxcfs holders: ${HOLDER[*]}) until $MIXED_HOLD is removed"
   while [ -e "$MIXED_HOLD" ]; do sleep 1; done
 fi
-echo "NOT DONE u: the rolling upgrade to pmxfs's protocol (not implemented yet)"
 echo "mixed-cluster: $((CHECKS - FAILS)) of $CHECKS checks passed"
 [ $FAILS = 0 ]

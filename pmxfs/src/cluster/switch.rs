@@ -10,7 +10,8 @@
 //! pmxcfs daemon can ever find that group without a switched node in it and accept
 //! writes alone: whenever a process joins, the sentinel multicasts the switched message
 //! ([`memdb::dcdb::encode_switched`]). A pmxcfs daemon stops on it with its own "detected
-//! newer protocol - please update this node" and refuses writes from then on; a pmxfs
+//! newer protocol - please update this node" and leaves the tree group (a write there then
+//! blocks, pmxcfs 9.1.6's way, and reaches no tree); a pmxfs
 //! node still in pmxcfs's protocol switches too. The nodes it told are "refused", which
 //! the mixed-protocol guard then does not count as another cluster accepting writes.
 //! When to tell is the core's [`Sentinel`]; this is its corosync adapter.
@@ -125,7 +126,7 @@ fn serve(c: &Cpg, term: u64, tree: &Tree, sentinel: &mut Sentinel) -> anyhow::Re
                 term,
                 "refusing daemons in pmxcfs's protocol: this cluster switched to pmxfs's \
                  own; a pmxcfs daemon stops ('detected newer protocol - please update this \
-                 node') and refuses writes, a pmxfs node switches too; install pmxfs there"
+                 node') and leaves the tree group, a pmxfs node switches too; install pmxfs there"
             );
             tree.protocol.lock().refused = told;
         }
