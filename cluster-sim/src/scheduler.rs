@@ -145,6 +145,11 @@ pub struct Report {
     pub switched_late: usize,
     /// Upgrade: requests the term protocol acknowledged (never lost).
     pub acked_after_switch: usize,
+    /// Upgrade: requests on the wire at a switch, submitted again to the term protocol.
+    pub carried: usize,
+    /// Upgrade: of those, failed unapplied (the simulator could not tell one from a
+    /// twin request of its writer).
+    pub carried_failed: usize,
 }
 
 impl Report {
@@ -157,6 +162,8 @@ impl Report {
         self.switched += o.switched;
         self.switched_late += o.switched_late;
         self.acked_after_switch += o.acked_after_switch;
+        self.carried += o.carried;
+        self.carried_failed += o.carried_failed;
         for (k, v) in &o.acked {
             *self.acked.entry(*k).or_default() += v;
         }
@@ -219,6 +226,9 @@ struct SimNode {
     switching: Option<(u64, Vec<(ReqId, Op)>)>,
     /// Upgrade: the node's sentinel in pmxcfs's group, once it switched.
     sentinel: Option<Sentinel>,
+    /// Upgrade: requests handed over at the switch, held until the term-protocol core
+    /// takes writes (as the daemon's runner holds them).
+    carried: Vec<(ReqId, Op)>,
 }
 
 /// Upgrade: the term-protocol core's pid is the process's plus this, in the
@@ -351,6 +361,7 @@ impl World {
                 stopped: false,
                 switching: None,
                 sentinel: None,
+                carried: Vec::new(),
             };
             nd.core = Some(core_of(&nd, protocol)?);
             nodes.push(nd);
@@ -451,6 +462,23 @@ impl World {
         if let Some((term, pending)) = self.nodes[i].switching.take() {
             self.switch(i, term, pending)?;
         }
+        let writable = self.nodes[i].core.as_ref().is_some_and(|c| c.writable());
+        if writable && !self.nodes[i].carried.is_empty() {
+            for (req_id, op) in std::mem::take(&mut self.nodes[i].carried) {
+                self.log(format!("n{} submits carried request {req_id}", i + 1));
+                self.report.carried += 1;
+                let nodeid = self.nodes[i].nodeid;
+                if !self.work.reissue(nodeid, &op, self.now, req_id) {
+                    // The simulator could not tell it from a twin request: it fails it
+                    // unapplied, as the daemon fails one that waited too long.
+                    self.log(format!("n{} fails carried request {req_id}", i + 1));
+                    self.report.carried_failed += 1;
+                    self.on_reply(i, req_id, Err(Errno::EACCES), false)?;
+                    continue;
+                }
+                self.feed(i, Event::LocalRequest { req_id, op })?;
+            }
+        }
         if let Some(core) = &self.nodes[i].core {
             let db = core.db().tree().read();
             self.check.tree(i, &db)?;
@@ -503,9 +531,7 @@ impl World {
         let n = self.n;
         self.feed(i, Event::Nodes(n))?;
         self.reconfigure();
-        for (req_id, op) in pending {
-            self.feed(i, Event::LocalRequest { req_id, op })?;
-        }
+        self.nodes[i].carried = pending;
         Ok(())
     }
 
@@ -896,6 +922,7 @@ impl World {
         self.report.resent += core.resent();
         self.nodes[i].sentinel = None;
         self.nodes[i].switching = None;
+        self.nodes[i].carried.clear();
         self.net.leave(i);
         self.net2.leave(i);
         for c in self.work.clients.iter_mut().filter(|c| c.node == i) {

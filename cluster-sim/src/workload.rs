@@ -132,6 +132,13 @@ impl Workload {
         self.issued.get(&key(writer, op, time)).copied()
     }
 
+    /// Request `id`, made before the switch, is submitted again at `now` (the
+    /// term-protocol core stamps it then): an op applied with that time answers it.
+    /// False if another request of `writer` already has that op at that time.
+    pub fn reissue(&mut self, writer: u32, op: &Op, now: u32, id: OpId) -> bool {
+        *self.issued.entry(key(writer, op, now)).or_insert(id) == id
+    }
+
     /// A new request for client `ci` (on node id `writer`) at `now`, if the client has
     /// one to make; it is recorded as the client's outstanding one. `known` lists the
     /// files and directories the client's node holds: most requests that need an

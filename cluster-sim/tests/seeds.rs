@@ -131,6 +131,10 @@ fn upgrade_seeds() {
         "no node missed a switch point and was told"
     );
     assert!(r.acked_after_switch > 0 && r.ok(Kind::Write) > 0);
+    assert!(
+        r.carried > r.carried_failed,
+        "no write on the wire at a switch went on"
+    );
     assert!(r.partitions > 0 && r.crashes > 0 && r.storage_faults > 0);
     eprintln!(
         "upgrade: {} switches ({} told), {} acknowledged after the switch; before it: {} acknowledged before a majority held them, {} lost",

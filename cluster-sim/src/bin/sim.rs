@@ -101,8 +101,8 @@ fn main() {
     );
     if cfg.upgrade {
         println!(
-            "upgrade: switched={} (told by a switched node: {}) acknowledged by pmxfs's protocol={} (none lost)",
-            r.switched, r.switched_late, r.acked_after_switch
+            "upgrade: switched={} (told by a switched node: {}) acknowledged by pmxfs's protocol={} (none lost) carried over the switch={} (failed unapplied: {})",
+            r.switched, r.switched_late, r.acked_after_switch, r.carried, r.carried_failed
         );
     }
     if cfg.protocol == cluster_sync::core::Protocol::Dfsm || cfg.upgrade {

@@ -241,6 +241,10 @@ enum End {
 /// What the core handed over when it switched: its term and unanswered requests.
 type Handover = (u64, Vec<(u64, Op)>);
 
+/// How long writes handed over at the switch wait for pmxfs's group to take writes
+/// (the core's resend window: a writer never waits longer for a lost write either).
+const CARRY_FOR: Duration = Duration::from_secs(cluster_sync::core::RESEND_WINDOW as u64);
+
 /// The run closure's way out of the session loop when the core switched.
 #[derive(Debug, thiserror::Error)]
 #[error("switched to pmxfs's own protocol")]
@@ -497,13 +501,35 @@ async fn session(
         },
     )?;
     run(&mut node, &mut waiting, Event::Quorum(q))?;
-    // Writes a switch took from the previous session, in their order.
-    for (op, reply) in carried {
-        let req_id = next_req.get() + 1;
-        next_req.set(req_id);
-        waiting.insert(req_id, reply);
-        run(&mut node, &mut waiting, Event::LocalRequest { req_id, op })?;
-    }
+    // Writes a switch took from the previous session, in their order: held until the
+    // new group accepts writes (a request made before its first quorate round would be
+    // refused at once), or failed, unapplied, after the core's resend window.
+    let mut carried = Some((carried, std::time::Instant::now()));
+    let mut submit_carried = |node: &mut Node<Replica>, waiting: &mut Waiting| -> Result<()> {
+        let Some((list, since)) = carried.take_if(|(l, since)| {
+            !l.is_empty() && (node.writable() || since.elapsed() >= CARRY_FOR)
+        }) else {
+            return Ok(());
+        };
+        if !node.writable() {
+            tracing::warn!(
+                n = list.len(),
+                waited = ?since.elapsed(),
+                "writes made before the switch failed: pmxfs's group took no writes in time"
+            );
+            for (_, reply) in list {
+                let _ = reply.send(Err(Errno::EACCES));
+            }
+            return Ok(());
+        }
+        for (op, reply) in list {
+            let req_id = next_req.get() + 1;
+            next_req.set(req_id);
+            waiting.insert(req_id, reply);
+            run(node, waiting, Event::LocalRequest { req_id, op })?;
+        }
+        Ok(())
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut verify =
         tokio::time::interval_at(tokio::time::Instant::now() + verify_every, verify_every);
@@ -543,6 +569,7 @@ async fn session(
                     run(&mut node, &mut waiting, Event::VerifyNow)?;
                 }
                 _ = tick.tick() => {
+                    submit_carried(&mut node, &mut waiting)?;
                     // Also drains anything an edge-triggered wakeup might have left behind.
                     let events = cpg.dispatch(Dispatch::All).context("cpg_dispatch")?;
                     quorum_events(tree, &quorum, &view, guard.active, &mut node, &mut waiting, &run)?;
