@@ -805,8 +805,19 @@ fn create_join_and_remove_nodes() {
         cluster_conf,
         "written back"
     );
-    let q = wait_until(Duration::from_secs(20), || c.status(1)["quorate"] == true);
-    assert!(q.is_some(), "n1 not quorate\n{}", c.logs());
+    // n1's daemon alone among three running corosyncs: corosync says quorate, but the
+    // votes of n2 and n3 belong to no daemon of the tree group, so n1 takes no writes
+    // (a majority formed later without it could lose them).
+    let log1 = || fs::read_to_string(c.dir.join("n1/pmxfs.log")).unwrap_or_default();
+    let judged = wait_until(Duration::from_secs(20), || {
+        log1().contains("do not hold corosync's quorum")
+    });
+    assert!(judged.is_some(), "n1 never judged its group\n{}", c.logs());
+    assert_eq!(
+        c.status(1)["quorate"],
+        false,
+        "n1 alone of three is quorate"
+    );
 
     // pvecm add on n2, which had a tree of its own: stop, set the database aside,
     // start with the cluster's corosync.conf; the cluster's tree replaces the old one.
@@ -824,6 +835,8 @@ fn create_join_and_remove_nodes() {
     restore_host(2);
     c.script("pmxfs-start", 2);
     assert_eq!(mode(&c, 2), "cluster");
+    let q = wait_until(Duration::from_secs(20), || c.status(1)["quorate"] == true);
+    assert!(q.is_some(), "n1 not quorate with n2\n{}", c.logs());
     // n3: a new node with the host's corosync.conf.
     c.script("pmxfs-start", 3);
     for k in 2..=3 {

@@ -1,4 +1,4 @@
-//! Thin safe wrappers over corosync's CPG, quorum and cmap client libraries, over the
+//! Thin safe wrappers over corosync's CPG, quorum, votequorum and cmap client libraries, over the
 //! FFI bindgen generates from Debian's headers at build time (`build.rs`).
 //!
 //! Each wrapper owns its library handle and finalizes it on drop. Callbacks never call
@@ -11,8 +11,10 @@ pub mod cpg;
 pub mod error;
 pub mod ffi;
 pub mod quorum;
+pub mod votequorum;
 
 pub use cmap::{Cmap, NodeEntry};
 pub use cpg::{Cpg, CpgAddress, CpgEvent, CpgReason, Dispatch, RetryPolicy, RingId};
 pub use error::{CsError, Result};
 pub use quorum::{Quorum, QuorumEvent};
+pub use votequorum::{VoteInfo, Votequorum};

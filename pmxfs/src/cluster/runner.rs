@@ -486,11 +486,7 @@ async fn session(
         Ok(())
     };
 
-    let view = QuorumView {
-        corosync: std::cell::Cell::new(quorum.getquorate().unwrap_or(false)),
-        // Judged at the first confchg where it applies.
-        majority: std::cell::Cell::new(!view_counts_group(s)),
-    };
+    let view = QuorumView::new(s, quorum.getquorate().unwrap_or(false), me);
     let q = view.effective(guard.active);
     tree.status.set_quorate(q);
     run(
@@ -633,32 +629,99 @@ fn unlock_request(protocol: Protocol, tree: &Tree, op: &Op) -> Option<Op> {
 }
 
 /// What this node feeds its core as quorum: corosync's, unless the guard holds, and,
-/// on a node that came through the switch, only while its tree group holds a majority
-/// of the cluster's nodes. corosync counts nodes, not daemons: while the others are
-/// still in pmxcfs's group (between the switch point and their move, or down), a node
-/// alone in pmxfs's group is quorate by corosync, and the term protocol, which takes a
-/// quorate configuration for a majority, would answer writes only it holds and could
-/// share a term with a majority formed later without it.
-#[derive(Debug)]
+/// in pmxfs's own protocol, only while the daemons in its tree group hold corosync's
+/// quorum themselves. corosync counts nodes, not daemons: a node whose corosync runs
+/// but whose pmxfs is down, or still in pmxcfs's group (between the switch and its
+/// move), keeps its votes there, and the term protocol, which takes a quorate
+/// configuration for a majority, would answer writes only the members it has hold,
+/// and could share a term with a majority formed later without them.
 struct QuorumView {
     corosync: std::cell::Cell<bool>,
-    majority: std::cell::Cell<bool>,
+    /// Node ids of corosync's quorum view (its last notification).
+    corosync_members: std::cell::RefCell<Vec<u32>>,
+    /// The group's daemons hold the quorum ([`QuorumView::judge`]).
+    group_ok: std::cell::Cell<bool>,
+    /// `judge` ran once: its first verdict always counts as a change (it is logged).
+    judged: std::cell::Cell<bool>,
+    /// The term protocol: the group is judged; pmxcfs's protocol keeps pmxcfs's rule.
+    counts_group: bool,
+    /// For each absent node's votes; `None`: judged by node count.
+    votes: Option<corosync_sys::Votequorum>,
+    me: u32,
 }
 
 impl QuorumView {
+    fn new(s: Session, corosync: bool, me: u32) -> QuorumView {
+        let counts_group = s.protocol == Protocol::Terms;
+        QuorumView {
+            corosync: corosync.into(),
+            corosync_members: Default::default(),
+            // Judged at the first confchg, before the group can carry a message.
+            group_ok: (!counts_group).into(),
+            judged: false.into(),
+            counts_group,
+            votes: counts_group
+                .then(|| corosync_sys::Votequorum::initialize().ok())
+                .flatten(),
+            me,
+        }
+    }
+
     fn effective(&self, guarded: bool) -> bool {
-        self.corosync.get() && self.majority.get() && !guarded
+        self.corosync.get() && self.group_ok.get() && !guarded
+    }
+
+    /// Judge the tree group (`group`: its members' node ids; `nodes`: the node list's
+    /// length) against corosync's view; whether the verdict changed.
+    fn judge(&self, group: &[u32], nodes: usize) -> bool {
+        if !self.counts_group {
+            return false;
+        }
+        let absent: Vec<u32> = self
+            .corosync_members
+            .borrow()
+            .iter()
+            .copied()
+            .filter(|n| !group.contains(n))
+            .collect();
+        let ok = if absent.is_empty() {
+            true
+        } else if let Some(i) = self.votes.as_ref().and_then(|v| v.info(self.me).ok()) {
+            // A node's votes are 1 unless corosync.conf says otherwise.
+            let votes = absent.iter().map(|n| {
+                self.votes
+                    .as_ref()
+                    .and_then(|v| v.info(*n).ok())
+                    .map_or(1, |x| x.node_votes)
+            });
+            group_holds_quorum(i.total_votes, i.quorum, votes)
+        } else {
+            group_majority(nodes, group.len())
+        };
+        let first = !self.judged.replace(true);
+        let changed = ok != self.group_ok.replace(ok) || first;
+        if changed {
+            tracing::info!(
+                group = group.len(),
+                corosync = self.corosync_members.borrow().len(),
+                ?absent,
+                "the daemons in this tree group {} corosync's quorum",
+                if ok { "hold" } else { "do not hold" }
+            );
+        }
+        changed
     }
 }
 
-/// Whether a session's quorum also needs its group to hold a majority of the nodes:
-/// the term protocol on a node that came through the switch (`--protocol auto`).
-fn view_counts_group(s: Session) -> bool {
-    s.upgrade && s.protocol == Protocol::Terms
+/// corosync's votes present (`total`, a quorum device's included) less those of nodes
+/// whose daemon is absent from the group still reach `quorum`.
+fn group_holds_quorum(total: u32, quorum: u32, absent: impl Iterator<Item = u32>) -> bool {
+    total.saturating_sub(absent.sum()) >= quorum
 }
 
-/// A group of `members` processes holds a majority of `nodes` configured nodes (a node
-/// list of two or fewer, or an unknown one, is corosync's alone to judge: `two_node`).
+/// Without votequorum: a group of `members` processes holds a majority of `nodes`
+/// configured nodes (a node list of two or fewer, or an unknown one, is corosync's
+/// alone to judge: `two_node`).
 fn group_majority(nodes: usize, members: usize) -> bool {
     nodes <= 2 || members * 2 > nodes
 }
@@ -684,9 +747,15 @@ fn quorum_events(
     run: &impl Fn(&mut Node<Replica>, &mut Waiting, Event<Op, Row>) -> Result<()>,
 ) -> Result<()> {
     for e in quorum.dispatch(Dispatch::All).context("quorum_dispatch")? {
-        if let QuorumEvent::Quorum { quorate, .. } = e {
+        if let QuorumEvent::Quorum {
+            quorate, members, ..
+        } = e
+        {
             tracing::info!(quorate, "quorum changed");
             view.corosync.set(quorate);
+            *view.corosync_members.borrow_mut() = members;
+            let group: Vec<u32> = node.members().iter().map(|m| m.nodeid).collect();
+            view.judge(&group, tree.status.node_count());
             let q = view.effective(guarded);
             tree.status.set_quorate(q);
             run(node, waiting, Event::Quorum(q))?;
@@ -724,19 +793,11 @@ fn cpg_event(
             }
             // Before the confchg: the State this configuration's round sends says it.
             node.set_switch_ready(s.upgrade && super::switch::ready(&nodes, &members));
-            if view_counts_group(s) {
-                let m = group_majority(nodes.len(), members.len());
-                if m != view.majority.replace(m) {
-                    let q = view.effective(guarded);
-                    tracing::info!(
-                        members = members.len(),
-                        nodes = nodes.len(),
-                        quorate = q,
-                        "this group's share of the cluster's nodes changed"
-                    );
-                    tree.status.set_quorate(q);
-                    run(node, waiting, Event::Quorum(q))?;
-                }
+            let group: Vec<u32> = members.iter().map(|m| m.nodeid).collect();
+            if view.judge(&group, nodes.len()) {
+                let q = view.effective(guarded);
+                tree.status.set_quorate(q);
+                run(node, waiting, Event::Quorum(q))?;
             }
             run(
                 node,
@@ -984,30 +1045,41 @@ mod tests {
     }
 
     #[test]
-    fn a_switched_group_needs_a_majority_of_the_nodes() {
-        assert!(
-            !group_majority(3, 1),
-            "alone in pmxfs's group of a 3-node cluster"
-        );
+    fn the_group_must_hold_the_quorum_itself() {
+        // 3 nodes of 1 vote, quorum 2: two daemons down, their corosync up.
+        assert!(!group_holds_quorum(3, 2, [1, 1].into_iter()));
+        assert!(group_holds_quorum(3, 2, [1].into_iter()));
+        assert!(group_holds_quorum(3, 2, std::iter::empty()));
+        // Two nodes and a quorum device of 1 vote: n2's daemon down, the device's
+        // vote still counts for n1.
+        assert!(group_holds_quorum(3, 2, [1].into_iter()));
+        // A node with 3 votes whose daemon is down.
+        assert!(!group_holds_quorum(5, 3, [3].into_iter()));
+        assert!(!group_majority(3, 1), "alone of three");
         assert!(group_majority(3, 2));
         assert!(!group_majority(4, 2), "half is not a majority");
         assert!(group_majority(2, 1), "two_node: corosync's call");
         assert!(group_majority(0, 1), "node list unknown");
-        let s = |upgrade, protocol| Session {
+        let s = |protocol| Session {
             verify_every: Duration::from_secs(1),
             protocol,
-            upgrade,
+            upgrade: true,
         };
-        assert!(view_counts_group(s(true, Protocol::Terms)));
-        assert!(!view_counts_group(s(true, Protocol::Dfsm)), "pmxcfs's rule");
-        assert!(!view_counts_group(s(false, Protocol::Terms)));
-        let v = QuorumView {
-            corosync: true.into(),
-            majority: false.into(),
-        };
-        assert!(!v.effective(false));
-        v.majority.set(true);
+        let v = QuorumView::new(s(Protocol::Terms), true, 1);
+        assert!(!v.effective(false), "judged at the first confchg");
+        *v.corosync_members.borrow_mut() = vec![1, 2, 3];
+        // No votequorum here: by node count.
+        let _ = v.judge(&[1], 3);
+        assert!(!v.effective(false), "alone of three running corosyncs");
+        assert!(v.judge(&[1, 2], 3));
         assert!(v.effective(false) && !v.effective(true));
+        let c = QuorumView::new(s(Protocol::Dfsm), true, 1);
+        *c.corosync_members.borrow_mut() = vec![1, 2, 3];
+        assert!(!c.judge(&[1], 3));
+        assert!(
+            c.effective(false),
+            "pmxcfs's protocol: corosync's quorum alone"
+        );
     }
 
     #[test]

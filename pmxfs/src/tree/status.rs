@@ -109,6 +109,11 @@ impl Status {
         self.bump_clinfo_version();
     }
 
+    /// How many nodes the published node list has (0 before cmap was read).
+    pub fn node_count(&self) -> usize {
+        self.cluster.lock().nodes.len()
+    }
+
     /// Publish this node's view of the kvstore group.
     pub fn set_kvstore(&self, view: KvGroupView) {
         *self.kvstore.lock() = view;
