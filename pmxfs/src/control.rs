@@ -133,7 +133,8 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
         "cluster_protocol": match proto.speaks { "" => "none", s => s },
         "protocol_switch": {
             "mode": if proto.upgrade { "auto" } else { "off" },
-            "switched_at": proto.switched_at,
+            // The database's record, which a restart reads back.
+            "switched_at": db.switched_at(),
             "refused": proto.refused,
         },
         "cluster_messages": {

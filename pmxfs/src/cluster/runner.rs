@@ -207,7 +207,6 @@ pub fn start(
     *tree.protocol.lock() = crate::tree::ProtocolStatus {
         speaks: protocol_name(protocol),
         upgrade,
-        switched_at,
         refused: Vec::new(),
     };
     if let (true, Protocol::Terms, Some(term)) = (upgrade, protocol, switched_at) {
@@ -281,11 +280,7 @@ async fn supervise(
                     .write()
                     .set_dialect(memdb::Dialect::Pmxfs);
                 protocol = Protocol::Terms;
-                {
-                    let mut p = tree.protocol.lock();
-                    p.speaks = protocol_name(protocol);
-                    p.switched_at = Some(term);
-                }
+                tree.protocol.lock().speaks = protocol_name(protocol);
                 if let Err(e) = super::switch::spawn(Some(*cpg), term, tree.clone()) {
                     tracing::error!("cannot start the sentinel: {e}");
                 }
@@ -872,24 +867,30 @@ enum Verdict {
 }
 
 fn verdict(protocol: Protocol, data: &[u8]) -> Verdict {
-    use dcdb_wire::DcdbError;
-    use memdb::dcdb::DecodeError;
     match protocol {
         Protocol::Terms => match wire::decode::<MemdbCodec>(data) {
             Ok(m) => Verdict::Deliver(m),
             Err(e) => Verdict::Drop(e.to_string()),
         },
-        Protocol::Dfsm => match memdb::dcdb::decode(data) {
-            Ok(m) => Verdict::Deliver(m),
-            Err(_) if memdb::dcdb::decode_switched(data).is_some() => {
-                Verdict::Switched(memdb::dcdb::decode_switched(data).expect("checked"))
-            }
-            Err(DecodeError::Dcdb(DcdbError::OlderProtocol(v))) => Verdict::Ignore(v),
-            Err(DecodeError::Dcdb(DcdbError::Wire(
-                pve_status::wire::WireError::NewerProtocol(v),
-            ))) => Verdict::Newer(v),
-            Err(e) => Verdict::Leave(e.to_string()),
+        // A header check first: anything but protocol version 2 fails it at once.
+        Protocol::Dfsm => match memdb::dcdb::decode_switched(data) {
+            Some(term) => Verdict::Switched(term),
+            None => dfsm_verdict(data),
         },
+    }
+}
+
+/// [`verdict`] of a `pve_dcdb_v1` message that is not a switched node's announcement.
+fn dfsm_verdict(data: &[u8]) -> Verdict {
+    use dcdb_wire::DcdbError;
+    use memdb::dcdb::DecodeError;
+    match memdb::dcdb::decode(data) {
+        Ok(m) => Verdict::Deliver(m),
+        Err(DecodeError::Dcdb(DcdbError::OlderProtocol(v))) => Verdict::Ignore(v),
+        Err(DecodeError::Dcdb(DcdbError::Wire(pve_status::wire::WireError::NewerProtocol(v)))) => {
+            Verdict::Newer(v)
+        }
+        Err(e) => Verdict::Leave(e.to_string()),
     }
 }
 
@@ -991,8 +992,12 @@ mod tests {
         let names = [14, 16, 21, 30, 22, 42, 40, 15, 3, 2, 57, 5, 67, 66]
             .map(|n| format!("n1/{n:05}-pve_dcdb_v1.bin"));
         let mut seen = 0;
-        for n in &names {
-            let good = capture(n);
+        // And a switched node's announcement, which the sentinel's peers read too.
+        let inputs = names
+            .iter()
+            .map(|n| capture(n))
+            .chain([memdb::dcdb::encode_switched(1000, 7)]);
+        for good in inputs {
             for len in 0..good.len() {
                 let _ = verdict(Protocol::Dfsm, &good[..len]);
                 seen += 1;
@@ -1003,6 +1008,7 @@ mod tests {
                     b[i] ^= x;
                     let _ = verdict(Protocol::Dfsm, &b);
                     let _ = verdict(Protocol::Terms, &b);
+                    let _ = memdb::dcdb::decode_switched(&b);
                     seen += 1;
                 }
             }

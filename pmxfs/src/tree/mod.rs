@@ -131,8 +131,6 @@ pub struct ProtocolStatus {
     /// `--protocol auto`: the node switches to pmxfs's own protocol once every node
     /// of the cluster runs pmxfs and offers it.
     pub upgrade: bool,
-    /// The switch's term, once this node switched.
-    pub switched_at: Option<u64>,
     /// Nodes this switched node refused in pmxcfs's group (they stopped with pmxcfs's
     /// "detected newer protocol" or switched themselves).
     pub refused: Vec<u32>,
