@@ -46,7 +46,10 @@ impl, d, n, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4
 if impl == "pmxfs":
     binary = os.environ["BIN"]
     os.makedirs(f"{d}/mnt", exist_ok=True)
-    env = dict(os.environ, PMXFS_RUN_DIR=f"{d}/run", PMXFS_LOG="warn")
+    # The run directory on tmpfs, where it is in service (/run/pmxfs): its version
+    # file is mapped memory, and on this disk its page writes would count as wear.
+    run = f"/run/pmxfs-wear.{os.getpid()}"
+    env = dict(os.environ, PMXFS_RUN_DIR=run, PMXFS_LOG="warn")
     p = subprocess.Popen([binary, "--local", "--foreground", "--nodename", "wear",
                           "--mount", f"{d}/mnt", "--db", f"{d}/config.db",
                           "--ipc-name", f"pmxfs-wear-{os.getpid()}", "--rrd-dir", f"{d}/rrd",
@@ -69,7 +72,16 @@ else:
 node = "wear" if impl == "pmxfs" else "bench"
 os.makedirs(f"{root}/nodes/{node}", exist_ok=True)
 path = f"{root}/nodes/{node}/lrm_status"
-body = b'{"mode":"active","results":{},"state":"wait_for_agent_lock","timestamp":0}'.ljust(1024, b" ")
+# What pve-ha-lrm writes: its mode, state and timestamp, and one result per service it
+# ran, keyed by a random 22-character UID (so the text compresses as real JSON does,
+# not as padding would), about 1 KiB; the timestamp changes with every rewrite.
+import random
+rng = random.Random(1)
+uid = lambda: "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(22))
+results = ",".join(f'"{uid()}":{{"exit_code":0,"sid":"vm:{100 + i}","state":"started"}}' for i in range(13))
+def body_at(i):
+    return ('{"mode":"active","results":{%s},"state":"active","timestamp":%d}' % (results, 1764700000 + 10 * i)).encode()
+assert 1000 <= len(body_at(0)) <= 1100, len(body_at(0))
 def written():
     for line in open(f"/proc/{p.pid}/io"):
         if line.startswith("write_bytes"):
@@ -78,12 +90,15 @@ time.sleep(1)  # let start-up writes settle before the baseline
 w0 = written()
 for i in range(n):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    os.write(fd, body)
+    os.write(fd, body_at(i))
     os.close(fd)
     if every and i + 1 < n:
         time.sleep(every)
 p.send_signal(stop)
 _, status, ru = os.wait4(p.pid, 0)
+if impl == "pmxfs":
+    import shutil
+    shutil.rmtree(run, ignore_errors=True)
 print((ru.ru_oublock * 512 - w0) // n)
 PY
 

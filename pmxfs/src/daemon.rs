@@ -241,6 +241,15 @@ fn ensure_base_dirs(tree: &Tree, nodename: &str) {
     }
 }
 
+/// A database created just now holds nothing but what the intent log has: fold it at
+/// once, so that `config.db` is complete for pmxcfs or `sqlite3` from the start, and
+/// the first fold of everyday changes carries only them.
+fn fold_new_database(tree: &Tree) {
+    if let Err(e) = tree.checkpoint() {
+        tracing::warn!("cannot fold the new database (the intent log keeps it): {e}");
+    }
+}
+
 /// Run the daemon until a signal or an external unmount. Without `foreground` the
 /// process forks first and the parent returns (exits) once the daemon serves.
 pub fn run(opts: DaemonOpts) -> Result<()> {
@@ -280,6 +289,7 @@ fn serve(opts: &DaemonOpts, ready: &mut Ready) -> Result<()> {
     }
     if local && created {
         ensure_base_dirs(&tree, &opts.nodename);
+        fold_new_database(&tree);
     }
     let policy = Policy {
         enabled: opts.coherence,
@@ -537,6 +547,7 @@ fn join_cluster(
                 std::thread::sleep(Duration::from_millis(200));
             }
             ensure_base_dirs(&tree, &name);
+            fold_new_database(&tree);
         })?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use memdb::{Limits, MemDb, NullStore, Op, OpCtx};
-use storage::{Deferral, LoggedStore, SqliteStore, SyncMode};
+use storage::{Access, Deferral, LoggedStore, SqliteStore, SyncMode};
 
 const N: usize = 2000;
 
@@ -68,8 +68,12 @@ fn phases(db: &mut MemDb) -> Vec<(&'static str, f64)> {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut mem = MemDb::empty(Box::new(NullStore), Limits::default());
-    let (store, loaded) =
-        SqliteStore::open(&dir.path().join("direct.db"), SyncMode::Normal).unwrap();
+    let (store, loaded) = SqliteStore::open(
+        &dir.path().join("direct.db"),
+        SyncMode::Normal,
+        Access::Shared,
+    )
+    .unwrap();
     let mut direct =
         MemDb::from_rows(loaded.rows, loaded.root, Box::new(store), Limits::default()).unwrap();
     let (store, loaded) = LoggedStore::open(

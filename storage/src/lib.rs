@@ -13,7 +13,7 @@ pub mod sqlite;
 use std::path::PathBuf;
 
 pub use logged::{Deferral, LoggedStore};
-pub use sqlite::{Loaded, SqliteStore, SyncMode};
+pub use sqlite::{Access, Loaded, SqliteStore, SyncMode};
 
 /// Errors from the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,14 @@ pub enum Error {
         path: PathBuf,
         /// What is missing or different.
         reason: String,
+    },
+    /// Another process holds the file: a running pmxfs keeps its database to itself
+    /// (SQLite's exclusive locking mode), so a second reader or writer waits, then
+    /// gets this.
+    #[error("{path}: in use by another process (a running pmxfs holds its database exclusively; stop it first)")]
+    Busy {
+        /// Database file.
+        path: PathBuf,
     },
     /// Any other SQLite failure.
     #[error("sqlite: {0}")]

@@ -20,11 +20,35 @@ pub enum SyncMode {
     Full,
 }
 
+/// Who else may open `config.db` while the store has it open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any reader (the `sqlite3` shell, a backup); the WAL is folded by a thread of its
+    /// own. SQLite's shared WAL index (`config.db-shm`, mapped from disk) then costs
+    /// about 32 KB of page writes whenever the WAL starts over, once per fold.
+    Shared,
+    /// Nobody else: SQLite's exclusive locking mode keeps the WAL index in memory, with
+    /// no `-shm` file, and the store folds the WAL into the database itself once it is
+    /// long, and at [`Store::checkpoint`]. For a store whose commits are themselves
+    /// batched (the intent log's), so that each costs only its own pages.
+    Exclusive,
+}
+
+/// WAL length past which an [`Access::Exclusive`] store folds it after a commit (the
+/// threshold of SQLite's own automatic checkpoint, 1,000 pages).
+pub(crate) const INLINE_FOLD_BYTES: u64 = 1000 * 4096;
+
+/// How the WAL reaches the database file.
+enum Folding {
+    Background(Checkpointer),
+    Inline,
+}
+
 /// The SQLite `config.db` store.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
-    ckpt: Checkpointer,
+    folding: Folding,
 }
 
 pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tree (
@@ -68,7 +92,11 @@ impl SqliteStore {
     /// An existing file is first validated through a read-only connection, so that a
     /// corrupt or foreign file is refused without being modified (not even switched to
     /// WAL mode).
-    pub fn open(path: &Path, sync: SyncMode) -> Result<(SqliteStore, Loaded), Error> {
+    pub fn open(
+        path: &Path,
+        sync: SyncMode,
+        access: Access,
+    ) -> Result<(SqliteStore, Loaded), Error> {
         let existing = std::fs::metadata(path)
             .map(|m| m.len() > 0)
             .unwrap_or(false);
@@ -97,6 +125,11 @@ impl SqliteStore {
         }
         let conn = Connection::open(path).map_err(|e| corrupt(path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        if access == Access::Exclusive {
+            // Before WAL mode is entered: only then does SQLite do without the -shm file.
+            let mode: String = conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))?;
+            debug_assert_eq!(mode, "exclusive");
+        }
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(db = %path.display(), "could not switch to WAL mode ({mode})");
@@ -133,7 +166,10 @@ impl SqliteStore {
             SqliteStore {
                 conn,
                 path: path.to_path_buf(),
-                ckpt: Checkpointer::start(path)?,
+                folding: match access {
+                    Access::Shared => Folding::Background(Checkpointer::start(path)?),
+                    Access::Exclusive => Folding::Inline,
+                },
             },
             loaded.expect("set above"),
         ))
@@ -142,6 +178,33 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Run the write transaction `f`, and see that the WAL gets folded.
+    fn write<R>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let conn = &mut self.conn;
+        match &self.folding {
+            Folding::Background(c) => c.commit(|| f(conn)),
+            Folding::Inline => {
+                let r = f(conn)?;
+                let mut wal = self.path.as_os_str().to_owned();
+                wal.push("-wal");
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > INLINE_FOLD_BYTES) {
+                    // The commit is durable in the WAL already; a fold that fails now
+                    // is tried again after the next commit.
+                    if let Err(e) =
+                        self.conn
+                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("wal checkpoint failed (retrying later): {e}");
+                    }
+                }
+                Ok(r)
+            }
+        }
     }
 
     /// Read the whole content again (after recovery changed it).
@@ -160,8 +223,7 @@ impl SqliteStore {
         let Some((last_seq, last)) = batch.last() else {
             return Ok(());
         };
-        let conn = &mut self.conn;
-        self.ckpt.commit(|| {
+        self.write(|conn| {
             let tx = conn.transaction()?;
             for (_, txn) in batch {
                 write_changes(&tx, txn)?;
@@ -187,6 +249,11 @@ fn write_changes(conn: &Connection, txn: &Txn) -> rusqlite::Result<()> {
 }
 
 pub(crate) fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+        return Error::Busy {
+            path: path.to_path_buf(),
+        };
+    }
     Error::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -304,8 +371,7 @@ pub(crate) fn write_row(conn: &Connection, row: &Row, fresh: bool) -> rusqlite::
 
 impl Store for SqliteStore {
     fn commit(&mut self, txn: &Txn) -> Result<(), StoreError> {
-        let conn = &mut self.conn;
-        self.ckpt.commit(|| -> Result<(), Error> {
+        self.write(|conn| {
             let tx = conn.transaction()?;
             write_changes(&tx, txn)?;
             write_root(&tx, txn.root)?;
@@ -321,8 +387,7 @@ impl Store for SqliteStore {
         root: RootVersion,
         term: u64,
     ) -> Result<(), StoreError> {
-        let conn = &mut self.conn;
-        self.ckpt.commit(|| -> Result<(), Error> {
+        self.write(|conn| {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM tree", [])?;
             for row in rows {
@@ -337,10 +402,7 @@ impl Store for SqliteStore {
     }
 
     fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
-        let conn = &self.conn;
-        self.ckpt
-            .commit(|| write_meta(conn, key, value))
-            .map_err(Error::from)?;
+        self.write(|conn| Ok(write_meta(conn, key, value)?))?;
         Ok(())
     }
 
@@ -353,6 +415,16 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// (entries, version) in the database, as its own connection reads them.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (i64, i64) {
+        let q = |sql| self.conn.query_row(sql, [], |r| r.get(0)).unwrap();
+        (
+            q("SELECT count(*) FROM tree WHERE inode != 0"),
+            q("SELECT version FROM tree WHERE inode = 0"),
+        )
+    }
+
     /// Read the version record back from disk (used by tests and `status`).
     pub fn disk_version(&self) -> Result<Option<u64>, Error> {
         Ok(self
