@@ -37,7 +37,7 @@ pub enum Error {
     /// Another process holds the file: a running pmxfs keeps its database to itself
     /// (SQLite's exclusive locking mode), so a second reader or writer waits, then
     /// gets this.
-    #[error("{path}: in use by another process (a running pmxfs holds its database exclusively; stop it first)")]
+    #[error("{path}: in use by another process (pmxfs holds its database exclusively while it runs)")]
     Busy {
         /// Database file.
         path: PathBuf,

@@ -128,7 +128,9 @@ impl SqliteStore {
         if access == Access::Exclusive {
             // Before WAL mode is entered: only then does SQLite do without the -shm file.
             let mode: String = conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))?;
-            debug_assert_eq!(mode, "exclusive");
+            if !mode.eq_ignore_ascii_case("exclusive") {
+                tracing::warn!(db = %path.display(), "could not lock the database exclusively ({mode})");
+            }
         }
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
