@@ -37,7 +37,9 @@ pub enum Error {
     /// Another process holds the file: a running pmxfs keeps its database to itself
     /// (SQLite's exclusive locking mode), so a second reader or writer waits, then
     /// gets this.
-    #[error("{path}: in use by another process (pmxfs holds its database exclusively while it runs)")]
+    #[error(
+        "{path}: in use by another process (pmxfs holds its database exclusively while it runs)"
+    )]
     Busy {
         /// Database file.
         path: PathBuf,
