@@ -85,39 +85,39 @@ pub struct Malformed {
 /// Append the record for change `seq` to `out`, compressed against `history`, and add
 /// its payload to `history`.
 pub fn encode(seq: u64, txn: &Txn, history: &mut History, out: &mut Vec<u8>) {
-    let mut raw = Vec::with_capacity(encoded_len(txn) - HEADER);
-    put_u32(&mut raw, txn.deletes.len());
-    for ino in &txn.deletes {
-        raw.extend_from_slice(&ino.0.to_le_bytes());
-    }
-    put_u32(&mut raw, txn.upserts.len());
-    for row in &txn.upserts {
-        encode_row(row, &mut raw);
-    }
-    raw.extend_from_slice(&txn.root.version.to_le_bytes());
-    raw.extend_from_slice(&txn.root.writer.to_le_bytes());
-    raw.extend_from_slice(&txn.root.mtime.to_le_bytes());
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0; 8]); // length and checksum, filled in below
     out.extend_from_slice(&seq.to_le_bytes());
-    let packed = (raw.len() >= COMPRESS_MIN)
-        .then(|| lz4_flex::block::compress_with_dict(&raw, history.window()))
+    // The raw payload goes in place; only a compressed one is rewritten.
+    put_u32(out, txn.deletes.len());
+    for ino in &txn.deletes {
+        out.extend_from_slice(&ino.0.to_le_bytes());
+    }
+    put_u32(out, txn.upserts.len());
+    for row in &txn.upserts {
+        encode_row(row, out);
+    }
+    out.extend_from_slice(&txn.root.version.to_le_bytes());
+    out.extend_from_slice(&txn.root.writer.to_le_bytes());
+    out.extend_from_slice(&txn.root.mtime.to_le_bytes());
+    let raw = start + HEADER..out.len();
+    let raw_len = raw.len();
+    let packed = (raw_len >= COMPRESS_MIN)
+        .then(|| lz4_flex::block::compress_with_dict(&out[raw.clone()], history.window()))
         // Only a real gain is worth a format that recovery must decompress.
-        .filter(|p| p.len() + 4 + raw.len() / 8 <= raw.len());
-    match packed {
-        Some(p) => {
-            put_u32(out, raw.len());
-            out.extend_from_slice(&p);
-            out[start..start + 4].copy_from_slice(&MAGIC_LZ4.to_le_bytes());
-        }
-        None => out.extend_from_slice(&raw),
+        .filter(|p| p.len() + 4 + raw_len / 8 <= raw_len);
+    history.push(&out[raw]);
+    if let Some(p) = packed {
+        out.truncate(start + HEADER);
+        put_u32(out, raw_len);
+        out.extend_from_slice(&p);
+        out[start..start + 4].copy_from_slice(&MAGIC_LZ4.to_le_bytes());
     }
     let payload_len = (out.len() - start - HEADER) as u32;
     let crc = crc32fast::hash(&out[start + 12..]);
     out[start + 4..start + 8].copy_from_slice(&payload_len.to_le_bytes());
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
-    history.push(&raw);
 }
 
 /// Bytes the record of `txn` takes before compression, without encoding it.

@@ -41,7 +41,10 @@ pub(crate) const INLINE_FOLD_BYTES: u64 = 1000 * 4096;
 /// How the WAL reaches the database file.
 enum Folding {
     Background(Checkpointer),
-    Inline,
+    /// Folded by the store itself; the WAL file whose length says when.
+    Inline {
+        wal: PathBuf,
+    },
 }
 
 /// The SQLite `config.db` store.
@@ -170,7 +173,13 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 folding: match access {
                     Access::Shared => Folding::Background(Checkpointer::start(path)?),
-                    Access::Exclusive => Folding::Inline,
+                    Access::Exclusive => Folding::Inline {
+                        wal: {
+                            let mut w = path.as_os_str().to_owned();
+                            w.push("-wal");
+                            PathBuf::from(w)
+                        },
+                    },
                 },
             },
             loaded.expect("set above"),
@@ -190,11 +199,9 @@ impl SqliteStore {
         let conn = &mut self.conn;
         match &self.folding {
             Folding::Background(c) => c.commit(|| f(conn)),
-            Folding::Inline => {
+            Folding::Inline { wal } => {
                 let r = f(conn)?;
-                let mut wal = self.path.as_os_str().to_owned();
-                wal.push("-wal");
-                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > INLINE_FOLD_BYTES) {
+                if std::fs::metadata(wal).is_ok_and(|m| m.len() > INLINE_FOLD_BYTES) {
                     // The commit is durable in the WAL already; a fold that fails now
                     // is tried again after the next commit.
                     if let Err(e) =
