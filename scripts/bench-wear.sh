@@ -28,8 +28,13 @@ CFS=${PMXCFS_BIN:-}
 [ -z "$CFS" ] || CFS=$(realpath "$CFS")
 WORK=$(mktemp -d /var/tmp/pmxfs-wear.XXXXXX)
 HOLDER=
+# /run is a tmpfs on a Proxmox node, not necessarily on this machine.
+export RUNFS=$WORK/run
+mkdir "$RUNFS"
+mount -t tmpfs -o size=64m,mode=0755 pmxfs-wear-run "$RUNFS"
 cleanup() {
   set +e
+  umount -l "$RUNFS"
   [ -n "$HOLDER" ] && kill -9 "$HOLDER" 2>/dev/null && wait "$HOLDER" 2>/dev/null
   for m in "$WORK"/*/mnt; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
   rm -rf "$WORK"
@@ -46,15 +51,17 @@ impl, d, n, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4
 if impl == "pmxfs":
     binary = os.environ["BIN"]
     os.makedirs(f"{d}/mnt", exist_ok=True)
-    # The run directory on tmpfs, where it is in service (/run/pmxfs): its version
-    # file is mapped memory, and on this disk its page writes would count as wear.
-    run = f"/run/pmxfs-wear.{os.getpid()}"
+    # The run directory, pid file and restart flag on a tmpfs, as they are in service
+    # (/run/pmxfs, /run/pve-cluster.pid, /run/pve-cluster/cfs-restart-flag): the
+    # version file is mapped memory, and on a disk its page writes, and the directory
+    # and inode blocks behind the other two, would count as wear.
+    run = f"{os.environ['RUNFS']}/pmxfs-wear.{os.getpid()}"
     env = dict(os.environ, PMXFS_RUN_DIR=run, PMXFS_LOG="warn")
     p = subprocess.Popen([binary, "--local", "--foreground", "--nodename", "wear",
                           "--mount", f"{d}/mnt", "--db", f"{d}/config.db",
                           "--ipc-name", f"pmxfs-wear-{os.getpid()}", "--rrd-dir", f"{d}/rrd",
-                          "--rrdcached", "", "--pidfile", f"{d}/pid",
-                          "--restart-flag", f"{d}/flag"],
+                          "--rrdcached", "", "--pidfile", f"{run}.pid",
+                          "--restart-flag", f"{run}.flag"],
                          env=env, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "w"))
     root, stop = f"{d}/mnt", signal.SIGTERM
 else:
@@ -99,6 +106,9 @@ _, status, ru = os.wait4(p.pid, 0)
 if impl == "pmxfs":
     import shutil
     shutil.rmtree(run, ignore_errors=True)
+    for f in (f"{run}.pid", f"{run}.flag"):
+        if os.path.exists(f):
+            os.unlink(f)
 print((ru.ru_oublock * 512 - w0) // n)
 PY
 

@@ -215,6 +215,14 @@ fn decode(payload: &[u8]) -> Result<Txn, String> {
     })
 }
 
+/// Whether `bytes` (a log file, or its beginning) start with a record's magic: a log
+/// that does not holds nothing to replay.
+pub fn starts_with_record(bytes: &[u8]) -> bool {
+    bytes
+        .first_chunk::<4>()
+        .is_some_and(|m| matches!(u32::from_le_bytes(*m), MAGIC | MAGIC_LZ4))
+}
+
 /// The intent log file beside the database.
 pub struct LogFile {
     file: File,
@@ -223,6 +231,8 @@ pub struct LogFile {
     buf: Vec<u8>,
     /// The current lap's payloads, for compression.
     history: History,
+    /// The file may start with a record (so `clear` has something to invalidate).
+    live: bool,
 }
 
 /// Where the intent log of the database at `db` lives.
@@ -253,6 +263,7 @@ impl LogFile {
                 end: 0,
                 buf: Vec::new(),
                 history: History::default(),
+                live: starts_with_record(&bytes),
             },
             bytes,
         ))
@@ -271,6 +282,7 @@ impl LogFile {
             return Err(e);
         }
         self.end += self.buf.len() as u64;
+        self.live = true;
         // Keep a burst's large buffer from living on.
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::new();
@@ -285,9 +297,16 @@ impl LogFile {
         self.history.clear();
     }
 
-    /// Empty the file (after recovery, or when its content is obsolete).
+    /// Make the file hold no record (after recovery, or when its content is obsolete)
+    /// by overwriting the first record's magic. The file keeps its length on purpose:
+    /// truncating it would free its blocks, and the next appends would make the file
+    /// system allocate them again, writing its bitmaps and group descriptors, which
+    /// costs more wear than the records themselves.
     pub fn clear(&mut self) -> std::io::Result<()> {
-        self.file.set_len(0)?;
+        if self.live {
+            self.file.write_all_at(&[0; 4], 0)?;
+            self.live = false;
+        }
         self.end = 0;
         self.history.clear();
         Ok(())
@@ -612,7 +631,21 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        // Cleared, the file holds no record but keeps its length (and so its blocks).
+        let len = std::fs::metadata(&path).unwrap().len();
         log.clear().unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let (mut log, bytes) = LogFile::open(&path).unwrap();
+        assert_eq!(bytes.len() as u64, len);
+        assert!(!starts_with_record(&bytes));
+        assert!(scan(&bytes).unwrap().is_empty());
+        // A cleared log that is opened again is not written to by clearing it again,
+        // and the next lap over the invalidated one reads back.
+        assert!(!log.live);
+        log.clear().unwrap();
+        log.append(5, &txn(30)).unwrap();
+        let (_, bytes) = LogFile::open(&path).unwrap();
+        let got = scan(&bytes).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 5);
     }
 }

@@ -17,6 +17,7 @@
 //! With `--sync full` (fsync on every commit) nothing is deferred.
 
 use std::collections::VecDeque;
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -299,7 +300,7 @@ impl Store for LoggedStore {
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.direct(|db| db.checkpoint())?;
-        // Nothing in the log is needed any more; an empty file says so at a glance.
+        // Nothing in the log is needed any more.
         self.log.clear().map_err(Error::from)?;
         Ok(())
     }
@@ -309,20 +310,25 @@ impl Store for LoggedStore {
 /// `pvecm add` deletes config.db, not the files pmxfs keeps beside it): replaying it
 /// would bring the old tree's changes back, or refuse to start. It is moved aside.
 fn set_aside_orphaned_log(log: &Path) -> Result<(), Error> {
-    match std::fs::metadata(log) {
-        Ok(m) if m.len() > 0 => {
-            let mut to = log.as_os_str().to_owned();
-            to.push(format!(".orphaned-{}", std::process::id()));
-            std::fs::rename(log, &to)?;
-            tracing::warn!(
+    let mut head = Vec::with_capacity(4);
+    match std::fs::File::open(log) {
+        Ok(f) => {
+            f.take(4).read_to_end(&mut head)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if intent_log::starts_with_record(&head) {
+        let mut to = log.as_os_str().to_owned();
+        to.push(format!(".orphaned-{}", std::process::id()));
+        std::fs::rename(log, &to)?;
+        tracing::warn!(
                 log = %log.display(),
                 moved_to = %Path::new(&to).display(),
                 "the intent log belongs to a database that no longer exists; set it aside"
-            );
-            Ok(())
-        }
-        _ => Ok(()),
+        );
     }
+    Ok(())
 }
 
 impl Drop for LoggedStore {
@@ -446,6 +452,13 @@ mod tests {
         )
     }
 
+    /// How many records recovery would find in the intent log of the database at `path`.
+    fn records_in_log(path: &Path) -> usize {
+        intent_log::scan(&std::fs::read(intent_log::path_for(path)).unwrap())
+            .unwrap()
+            .len()
+    }
+
     /// What a reader of `config.db` other than pmxfs sees once pmxfs has closed it:
     /// (entries, version).
     fn on_disk(path: &Path) -> (i64, i64) {
@@ -526,12 +539,7 @@ mod tests {
         drop(d);
         assert_eq!(on_disk(&path), (50, before.1.version as i64));
         // the log was emptied once the database had it: a second start changes nothing
-        assert_eq!(
-            std::fs::metadata(intent_log::path_for(&path))
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(records_in_log(&path), 0);
         let d = memdb(&path, Deferral::On);
         assert_eq!((d.rows(), d.root_version()), before);
     }
@@ -551,12 +559,7 @@ mod tests {
         }
         d.checkpoint().unwrap();
         let want = (d.rows(), d.root_version());
-        assert_eq!(
-            std::fs::metadata(intent_log::path_for(&path))
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(records_in_log(&path), 0);
         drop(d);
         assert_eq!(on_disk(&path), (40, want.1.version as i64));
         let d = memdb(&path, Deferral::On);

@@ -416,12 +416,64 @@ impl Store for SqliteStore {
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        let Folding::Inline { wal } = &self.folding else {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(Error::from)?;
+            return Ok(());
+        };
+        // RESTART copies every frame into the database and syncs it, but, unlike
+        // TRUNCATE, leaves the WAL its blocks: freeing them would make the file system
+        // allocate them again at the next fold, writing its bitmaps, group descriptors
+        // and the inode, a third of a small fold's wear.
+        let (busy, frames, folded): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .map_err(Error::from)?;
+        if busy != 0 || folded != frames {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "the WAL checkpoint folded {folded} of {frames} frames"
+            )))
+            .into());
+        }
+        invalidate_wal(wal).map_err(Error::from)?;
         Ok(())
     }
 }
+
+/// Make the folded WAL at `wal` empty to any later opener of the database, without
+/// freeing its blocks, by zeroing its header: SQLite's recovery reads no frame past a
+/// header that is not valid. Frames left valid would be laid over the database by the
+/// next opener, which is harmless while they equal what the database holds, and
+/// silently wrong once the database is replaced (a backup restored, or a new one made
+/// by `pvecm add`, which deletes `config.db` only). The store's own connection reads
+/// the header only at recovery, which the exclusive mode's in-memory index never needs,
+/// and its next commit starts the WAL over with a new header, because every frame has
+/// been folded.
+fn invalidate_wal(wal: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = match std::fs::OpenOptions::new().read(true).write(true).open(wal) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut header = [0u8; WAL_HEADER];
+    match f.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    // An invalid header already says so; rewriting it would only dirty a page.
+    if header != [0; WAL_HEADER] {
+        f.write_all_at(&[0; WAL_HEADER], 0)?;
+    }
+    Ok(())
+}
+
+/// Length of a WAL file's header (SQLite's file format, section 4.1).
+const WAL_HEADER: usize = 32;
 
 impl SqliteStore {
     /// (entries, version) in the database, as its own connection reads them.
