@@ -150,7 +150,11 @@ start_impl() { # start_impl pmxfs|pmxcfs: fresh databases on all three nodes, al
     fi
   done
   for k in 1 2 3; do
-    poll 60 writable "$k" || { echo "bench-cluster: $IMPL on n$k did not become writable" >&2; exit 1; }
+    if ! poll 60 writable "$k"; then
+      echo "bench-cluster: $IMPL on n$k did not become writable" >&2
+      [ "$IMPL" = pmxfs ] || tail -n 20 "$WORK/pmxcfs-n$k.log" >&2
+      exit 1
+    fi
   done
 }
 stop_impl() {
@@ -183,6 +187,9 @@ in_node() {
 root() { if [ "$IMPL" = pmxfs ]; then echo "$DIR/n$1/mnt"; else echo /etc/pve; fi; }
 writable() { # a file made on node K shows on the other two
   local k=$1 j f="probe-$1-$RANDOM"
+  # Not before the daemon mounted: a probe written into the bare directory would make
+  # pmxcfs refuse to mount over it ("mountpoint is not empty").
+  in_node "$k" mountpoint -q "$(root "$k")" || return 1
   in_node "$k" sh -c "echo x >$(root "$k")/$f" 2>/dev/null || return 1
   for j in 1 2 3; do poll 10 in_node "$j" test -e "$(root "$j")/$f" || return 1; done
   in_node "$k" rm -f "$(root "$k")/$f"

@@ -94,6 +94,79 @@ fn remote_replace_by_rename_is_seen_by_the_lock_holder_at_once() {
     }
 }
 
+/// The `.version` counter of `path`.
+fn counter(fs: &Pmxfs, path: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fs.p(".version")).unwrap()).unwrap();
+    v[path]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter for {path}: {v}"))
+}
+
+fn barriers(fs: &Pmxfs) -> u64 {
+    fs.status()["notify"]["barriers"].as_u64().unwrap()
+}
+
+/// A remote change to a file the kernel never looked up has nothing to invalidate: its
+/// counter moves at once, without a job for the invalidation thread. Once the kernel
+/// knows the file, the counter waits for the invalidation (a barrier job), and stat()
+/// is fresh by the time the counter has moved.
+#[test]
+fn version_counters_wait_for_invalidations_only_when_the_kernel_caches_something() {
+    let fs = Pmxfs::start(LONG);
+    // A new name in the root, which the kernel knows: an entry invalidation, and the
+    // counter after it.
+    fs.remote(json!({"op": "create", "path": "user.cfg"}));
+    fs.barrier();
+    let inodes = |fs: &Pmxfs| fs.status()["notify"]["inodes"].as_u64().unwrap();
+    let (b0, c0, i0) = (barriers(&fs), counter(&fs, "user.cfg"), inodes(&fs));
+    fs.remote(json!({"op": "write", "path": "user.cfg", "data": "unseen"}));
+    assert_eq!(
+        counter(&fs, "user.cfg"),
+        c0 + 1,
+        "the counter moved at once"
+    );
+    // Whatever the write queued has run once this barrier (counted as it starts) is
+    // answered.
+    fs.barrier();
+    assert_eq!(
+        barriers(&fs),
+        b0 + 1,
+        "no job for a file the kernel never saw"
+    );
+    assert_eq!(inodes(&fs), i0, "and no invalidation");
+
+    let p = fs.p("user.cfg");
+    assert_eq!(
+        stat_cached(&p).unwrap().0,
+        6,
+        "the kernel knows the file now"
+    );
+    let b1 = barriers(&fs);
+    fs.remote(json!({"op": "write", "path": "user.cfg", "data": "seen by the kernel"}));
+    // The counter moves on the invalidation thread, after the kernel dropped the cached
+    // attributes: once it has moved, stat() must be fresh without polling.
+    let t0 = Instant::now();
+    while counter(&fs, "user.cfg") != c0 + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the counter never moved"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        stat_cached(&p).unwrap().0,
+        18,
+        "fresh once the counter moved"
+    );
+    assert_eq!(
+        barriers(&fs),
+        b1 + 1,
+        "the counter waited for the invalidation"
+    );
+    assert_eq!(inodes(&fs), i0 + 1, "which was sent");
+}
+
 #[test]
 fn lock_held_paths_are_never_cached() {
     let fs = Pmxfs::start(LONG);

@@ -323,9 +323,9 @@ fn set_aside_orphaned_log(log: &Path) -> Result<(), Error> {
         to.push(format!(".orphaned-{}", std::process::id()));
         std::fs::rename(log, &to)?;
         tracing::warn!(
-                log = %log.display(),
-                moved_to = %Path::new(&to).display(),
-                "the intent log belongs to a database that no longer exists; set it aside"
+            log = %log.display(),
+            moved_to = %Path::new(&to).display(),
+            "the intent log belongs to a database that no longer exists; set it aside"
         );
     }
     Ok(())

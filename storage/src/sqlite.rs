@@ -310,10 +310,17 @@ const META_SCHEMA: &str =
 /// The `pmxfs_meta` key of the last intent-log record a transaction included.
 pub(crate) const LOG_SEQ: &str = "log_seq";
 
+/// Store a replication number. An upsert updates the row in place; `REPLACE` would
+/// delete and re-insert it, which also rewrites the page of the key's index: one page
+/// more in the WAL and in the database at every fold (a log sequence number is stored
+/// with each one).
 pub(crate) fn write_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
     conn.execute_batch(META_SCHEMA)?;
-    conn.prepare_cached("REPLACE INTO pmxfs_meta (key, value) VALUES (?1, ?2)")?
-        .execute(params![key, value as i64])?;
+    conn.prepare_cached(
+        "INSERT INTO pmxfs_meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value as i64])?;
     Ok(())
 }
 

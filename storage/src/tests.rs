@@ -125,6 +125,42 @@ fn an_unreadable_replication_term_refuses_the_database() {
 
 /// Commits never run SQLite's checkpoint themselves (it fsyncs inside the commit); the
 /// background thread folds the WAL into the database file soon after.
+/// A replication number (the log sequence number goes with every fold) is updated in
+/// place: one page written, not also the page of its key's index.
+#[test]
+fn a_replication_number_is_rewritten_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("meta.db")).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    for key in ["log_seq", "promised_term", "accepted_term"] {
+        crate::sqlite::write_meta(&conn, key, 1).unwrap();
+    }
+    let checkpoint = |mode: &str| -> i64 {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+            .unwrap()
+    };
+    checkpoint("TRUNCATE");
+    crate::sqlite::write_meta(&conn, "log_seq", 2).unwrap();
+    // A passive checkpoint reports the frames the WAL holds.
+    assert_eq!(
+        checkpoint("PASSIVE"),
+        1,
+        "one page: the row's, not also the index's"
+    );
+    let tables = vec!["pmxfs_meta".to_string()];
+    assert_eq!(
+        crate::sqlite::read_meta(&conn, &tables, "log_seq").unwrap(),
+        2
+    );
+    assert_eq!(
+        crate::sqlite::read_meta(&conn, &tables, "promised_term").unwrap(),
+        1
+    );
+}
+
 #[test]
 fn the_wal_is_folded_into_the_database_in_the_background() {
     let dir = tempfile::tempdir().unwrap();

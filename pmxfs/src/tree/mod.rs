@@ -250,7 +250,7 @@ impl Tree {
         }
         match (origin, self.invalidator()) {
             (Origin::Remote, Some(inv)) => {
-                self.push_invalidations(inv, applied);
+                let mut queued = self.push_invalidations(inv, applied);
                 // Readers of the version counters (`.version`, GET_FS_VERSION) and of the
                 // shared-memory versions (token cache, key cache) must never see a new
                 // version while the kernel still shows the old file: they move only
@@ -263,29 +263,25 @@ impl Tree {
                         .any(|c| matches!(c, Change::Name { .. }))
                 {
                     inv.epoch();
+                    queued = true;
                 }
-                let (status, shm, paths) = (
-                    self.status.clone(),
-                    self.versions.clone(),
-                    applied.paths.clone(),
-                );
-                inv.then(move || {
-                    for p in &paths {
-                        status.record_change(p);
-                        if let Some(v) = &shm {
-                            v.bump(p);
-                        }
-                    }
-                });
-            }
-            _ => {
-                for p in &applied.paths {
-                    self.status.record_change(p);
-                    if let Some(v) = &self.versions {
-                        v.bump(p);
-                    }
+                if queued {
+                    let (status, shm, paths) = (
+                        self.status.clone(),
+                        self.versions.clone(),
+                        applied.paths.clone(),
+                    );
+                    inv.then(move || bump_versions(&status, shm.as_deref(), &paths));
+                } else {
+                    // The kernel holds nothing this change touched (none of its inodes
+                    // or directories is known to it), so the counters have nothing to
+                    // wait for: they move now, without a wake-up of the invalidation
+                    // thread. Most remote changes are of this kind (another node's
+                    // files that nobody here has looked at).
+                    bump_versions(&self.status, self.versions.as_deref(), &applied.paths);
                 }
             }
+            _ => bump_versions(&self.status, self.versions.as_deref(), &applied.paths),
         }
     }
 
@@ -319,15 +315,17 @@ impl Tree {
     }
 
     /// Queue invalidations for everything `applied` changed behind the kernel's back,
-    /// plus, for a lock acquisition, the paths it protects.
-    fn push_invalidations(&self, inv: &Invalidator, applied: &Applied) {
+    /// plus, for a lock acquisition, the paths it protects; whether it queued any.
+    fn push_invalidations(&self, inv: &Invalidator, applied: &Applied) -> bool {
         let lock_dir = self.db.read().lock_dir_inode();
+        let mut queued = false;
         for c in &applied.changes {
             match c {
                 Change::Attr(ino) => {
                     let f = FuseIno::of(*ino);
                     if self.refs.is_known(f) {
                         inv.inode(f.0);
+                        queued = true;
                     }
                 }
                 // Names in the lock directory are never cached (zero entry timeout),
@@ -337,6 +335,7 @@ impl Tree {
                     let p = FuseIno::of(*parent);
                     if self.refs.is_known(p) {
                         inv.entry(p.0, OsString::from(name));
+                        queued = true;
                     }
                 }
             }
@@ -346,7 +345,9 @@ impl Tree {
                 inv.inode(f.0);
             }
             inv.epoch();
+            queued = true;
         }
+        queued
     }
 
     /// Kernel-known inodes whose paths lock `name` protects.
@@ -481,5 +482,15 @@ impl Tree {
     /// Fold the store's write-ahead log into the database (clean shutdown).
     pub fn checkpoint(&self) -> Result<(), memdb::StoreError> {
         self.db.write().checkpoint()
+    }
+}
+
+/// Move the change counters (`.version`) and the shared-memory versions of `paths`.
+fn bump_versions(status: &Status, shm: Option<&VersionShmWriter>, paths: &[String]) {
+    for p in paths {
+        status.record_change(p);
+        if let Some(v) = shm {
+            v.bump(p);
+        }
     }
 }

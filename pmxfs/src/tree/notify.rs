@@ -51,7 +51,7 @@ pub struct NotifyStats {
     pub entries: AtomicU64,
     /// Epoch bumps sent.
     pub epochs: AtomicU64,
-    /// Barriers completed.
+    /// Barriers and deferred jobs run.
     pub barriers: AtomicU64,
     /// Entry invalidations replaced by an epoch bump because their queue was full.
     pub entry_overflows: AtomicU64,
@@ -157,8 +157,9 @@ fn attr_loop(rx: Receiver<AttrJob>, notifier: Notifier, dev: OwnedFd, stats: &No
                 }
             }
             AttrJob::Then(f) => {
-                f();
+                // Counted first, so whoever `f` answers sees it counted.
                 stats.barriers.fetch_add(1, Ordering::Relaxed);
+                f();
             }
         }
     }
