@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pmxfs_e2e::{errno, tree_digest, wait_until, Cluster};
+use pmxfs_e2e::{errno, kernel_stacks, tree_digest, wait_until, Cluster};
 
 /// splitmix64: the schedule is a function of the seed alone.
 struct Rng(u64);
@@ -126,8 +126,23 @@ impl Writers {
         }
     }
 
-    fn finish(self) -> Vec<Seen> {
+    fn finish(self, c: &Cluster) -> Vec<Seen> {
         self.stop.store(true, Ordering::Relaxed);
+        // A writer stuck in a call that never returns would hold the test until the
+        // cluster's watchdog tears everything down, saying nothing of where it hung.
+        let returned = wait_until(Duration::from_secs(60), || {
+            self.threads.iter().all(|t| t.is_finished())
+        });
+        if returned.is_none() {
+            let mut stacks = format!("=== writers\n{}", kernel_stacks(std::process::id()));
+            for k in 1..=c.n {
+                stacks += &format!("=== n{k}'s daemon\n{}", kernel_stacks(daemon_pid(c, k)));
+            }
+            panic!(
+                "a writer's call did not return within 60 s of the stop\n{stacks}\n{}",
+                c.logs()
+            );
+        }
         self.threads
             .into_iter()
             .map(|t| t.join().expect("writer"))
@@ -135,12 +150,16 @@ impl Writers {
     }
 }
 
-fn signal(c: &Cluster, k: usize, sig: libc::c_int) {
-    let pid: i32 = std::fs::read_to_string(c.dir.join(format!("n{k}/pmxfs.pid")))
+fn daemon_pid(c: &Cluster, k: usize) -> u32 {
+    std::fs::read_to_string(c.dir.join(format!("n{k}/pmxfs.pid")))
         .expect("pmxfs pid")
         .trim()
         .parse()
-        .expect("pid");
+        .expect("pid")
+}
+
+fn signal(c: &Cluster, k: usize, sig: libc::c_int) {
+    let pid = daemon_pid(c, k) as i32;
     // SAFETY: a plain kill(2) of the node's daemon.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid} {sig}");
 }
@@ -219,7 +238,7 @@ fn nemesis() {
         f.0 += 1;
         f.1 += f0.elapsed().as_secs_f64();
     }
-    let seen = writers.finish();
+    let seen = writers.finish(&c);
 
     // Everything is healed: every node must come back quorate with one tree.
     let converged = wait_until(Duration::from_secs(90), || {
