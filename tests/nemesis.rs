@@ -136,7 +136,12 @@ impl Writers {
         if returned.is_none() {
             let mut stacks = format!("=== writers\n{}", kernel_stacks(std::process::id()));
             for k in 1..=c.n {
-                stacks += &format!("=== n{k}'s daemon\n{}", kernel_stacks(daemon_pid(c, k)));
+                // A daemon killed by the last fault may have no pid file yet.
+                let pid = std::fs::read_to_string(c.dir.join(format!("n{k}/pmxfs.pid")));
+                match pid.ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+                    Some(pid) => stacks += &format!("=== n{k}'s daemon\n{}", kernel_stacks(pid)),
+                    None => stacks += &format!("=== n{k}'s daemon: no pid file\n"),
+                }
             }
             panic!(
                 "a writer's call did not return within 60 s of the stop\n{stacks}\n{}",

@@ -123,8 +123,6 @@ fn an_unreadable_replication_term_refuses_the_database() {
     }
 }
 
-/// Commits never run SQLite's checkpoint themselves (it fsyncs inside the commit); the
-/// background thread folds the WAL into the database file soon after.
 /// A replication number (the log sequence number goes with every fold) is updated in
 /// place: one page written, not also the page of its key's index.
 #[test]
@@ -161,6 +159,8 @@ fn a_replication_number_is_rewritten_in_place() {
     );
 }
 
+/// Commits never run SQLite's checkpoint themselves (it fsyncs inside the commit); the
+/// background thread folds the WAL into the database file soon after.
 #[test]
 fn the_wal_is_folded_into_the_database_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
