@@ -167,6 +167,21 @@ wait_pmxfs() { # wait_pmxfs DIR K: until DIR/nK/mnt shows .members
     return 1
 }
 
+wait_quorate() { # wait_quorate DIR K: until DIR/nK/mnt/.members says quorate (writable)
+    local d=$1 k=$2 t limit=$((${QUORUM_TIMEOUT:-60} * 5))
+    # corosync's quorum comes first; pmxfs takes writes only after it has joined its
+    # group and synced, which a mount that shows .members does not yet promise. Same
+    # detached probe as wait_pmxfs, so a wedged daemon cannot hang `up`.
+    rm -f "$d/n$k/quorate"
+    for ((t = 0; t < limit; t++)); do
+        [ -e "$d/n$k/quorate" ] && { rm -f "$d/n$k/quorate"; return 0; }
+        ( grep -q '"quorate": 1' "$d/n$k/mnt/.members" && : >"$d/n$k/quorate" ) >/dev/null 2>&1 &
+        sleep 0.2
+    done
+    log "pmxfs on n$k did not become quorate within ${QUORUM_TIMEOUT:-60} s; see $d/n$k/pmxfs.log"
+    return 1
+}
+
 cmd_up() {
     local no_pmxfs=0
     if [ "${1:-}" = --no-pmxfs ]; then no_pmxfs=1; shift; fi
@@ -217,7 +232,8 @@ cmd_up() {
         printf 'BIN=%q\nPMXFS_ARGS=%q\n' "$bin" "${PMXFS_ARGS:-}" >"$d/pmxfs.env"
         for ((k = 1; k <= n; k++)); do start_pmxfs "$d" "$k" "$bin"; done
         for ((k = 1; k <= n; k++)); do wait_pmxfs "$d" "$k" || die "pmxfs did not come up; run: $0 down $d"; done
-        log "pmxfs mounted at $d/n{1..$n}/mnt"
+        for ((k = 1; k <= n; k++)); do wait_quorate "$d" "$k" || die "pmxfs is not writable; run: $0 down $d"; done
+        log "pmxfs mounted and quorate at $d/n{1..$n}/mnt"
     fi
     echo "$d"
 }
