@@ -20,8 +20,11 @@ fn lock_and<R>(mnt: &Path, name: &str, f: impl FnOnce() -> R) -> R {
     pmxfs::cfs_lock(mnt, name, Some(Duration::from_secs(30)), f).expect("cfs_lock")
 }
 
-/// Writes on node 1 are readable on 2 and 3 within a second, and at once after a lock.
+/// Writes on node 1 are readable on 2 and 3 within a second, and at once after a lock;
+/// node 1's status times each of them, stage by stage.
 fn replication(c: &Cluster) {
+    let count = |k: usize, stage: &str| c.status(k)["write_latency"][stage]["count"].as_u64();
+    let before = (count(1, "total"), count(1, "confirmation"));
     for i in 0..10 {
         let v = format!("value {i}\n");
         write(&c.mnt(1).join("repl.cfg"), &v).unwrap();
@@ -50,6 +53,22 @@ fn replication(c: &Cluster) {
             (got.as_str(), size),
             (v2.as_str(), v2.len() as u64),
             "write {i} after lock"
+        );
+    }
+    // 20 writes, each at least one replicated change answered on n1; every one of them
+    // went out and came back in this configuration, so each has all three stages.
+    let lat = &c.status(1)["write_latency"];
+    let after = (count(1, "total"), count(1, "confirmation"));
+    let grew = |b: Option<u64>, a: Option<u64>| a.zip(b).and_then(|(a, b)| a.checked_sub(b));
+    assert!(
+        grew(before.0, after.0) >= Some(20) && grew(before.1, after.1) >= Some(20),
+        "n1 timed too few of its 20 writes: {before:?} -> {after:?}\n{lat}"
+    );
+    for stage in ["queued", "delivery", "confirmation"] {
+        assert_eq!(lat[stage]["count"], lat["confirmation"]["count"], "{lat}");
+        assert!(
+            lat[stage]["max_us"].as_u64() <= lat["total"]["max_us"].as_u64(),
+            "a stage took longer than a whole write: {lat}"
         );
     }
 }

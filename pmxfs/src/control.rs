@@ -146,6 +146,13 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
             "tree_checks": Metrics::get(&m.cluster_verifies),
             "tree_check_mismatches": Metrics::get(&m.cluster_verify_mismatches),
         },
+        // Own writes that took effect, and where their time went (cluster mode).
+        "write_latency": {
+            "total": m.write_total.json(),
+            "queued": m.write_queued.json(),
+            "delivery": m.write_delivery.json(),
+            "confirmation": m.write_confirmation.json(),
+        },
         "ipc": {
             "connections": Metrics::get(&m.ipc_connections),
             "requests": Metrics::get(&m.ipc_requests),

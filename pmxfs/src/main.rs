@@ -451,6 +451,21 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
         .map(|m| format!("{}/{}", m[0], m[1]))
         .collect();
     if v["mode"] == "cluster" {
+        let l = &v["write_latency"];
+        let ms = |k: &str, q: &str| l[k][q].as_u64().unwrap_or(0) as f64 / 1000.0;
+        // Means add up (for the writes timed stage by stage); quantiles do not.
+        println!(
+            "writes:    {} answered; mean {:.2} ms = queued {:.2} + corosync delivery {:.2} + \
+             majority confirmation {:.2}; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            l["total"]["count"],
+            ms("total", "mean_us"),
+            ms("queued", "mean_us"),
+            ms("delivery", "mean_us"),
+            ms("confirmation", "mean_us"),
+            ms("total", "p50_us"),
+            ms("total", "p99_us"),
+            ms("total", "max_us"),
+        );
         println!(
             "kvstore:   {}, members {}; {} sent, {} delivered, {} dropped, {} rejoins",
             kv["group"]["mode"].as_str().unwrap_or("?"),

@@ -12,7 +12,7 @@ use super::dfsm::DfsmRound;
 use super::event::{Action, Event};
 use super::message::{Body, Message};
 use super::round::Round;
-use super::types::{Epoch, Member, Mode, Protocol, Term};
+use super::types::{Epoch, Member, Mode, Protocol, ReqId, Term};
 use super::writes::{
     Delivered, Request, Writes, MAX_QUEUED_PER_MEMBER, MAX_UNANSWERED, RESEND_WINDOW,
 };
@@ -222,6 +222,13 @@ impl<D: Database> Node<D> {
     /// differing from the lowest member's.
     pub fn verifies(&self) -> (u64, u64) {
         (self.verify.checks, self.verify.mismatches)
+    }
+
+    /// The local requests own message `seq` carries while it is in flight (empty for
+    /// any other message): lets the adapter time a write's stages without knowing how
+    /// the core batches.
+    pub fn requests_in(&self, seq: u64) -> Vec<ReqId> {
+        self.writes.requests_in(seq)
     }
 
     /// Own writes a membership change lost and that were queued to be sent again.

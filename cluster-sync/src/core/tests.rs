@@ -151,6 +151,52 @@ fn lost_own_message_is_sent_again_with_its_time_and_applied_once() {
 }
 
 #[test]
+fn requests_in_names_a_batch_while_it_is_in_flight() {
+    let me = Member::new(1, 10);
+    let mut n = synced_alone(me, 500);
+    let first = sent(&n.handle(Event::LocalRequest {
+        req_id: 1,
+        op: mkdir(1),
+    }));
+    // Requested while the first is on the wire: they wait and go out together.
+    for (req_id, id) in [(2, 2), (3, 3)] {
+        let more = n.handle(Event::LocalRequest {
+            req_id,
+            op: write(id, &format!("f{id}")),
+        });
+        assert!(
+            sent(&more).is_empty(),
+            "one own Normal on the wire at a time"
+        );
+    }
+    assert_eq!(first.len(), 1);
+    assert_eq!(n.requests_in(first[0].seq), vec![1]);
+    let mut batch = Vec::new();
+    for a in n.handle(Event::Deliver {
+        from: me,
+        msg: first[0].clone(),
+    }) {
+        if let Action::Multicast(m) = a {
+            batch.push(m);
+        }
+    }
+    assert_eq!(
+        n.requests_in(first[0].seq),
+        Vec::<u64>::new(),
+        "applied: no longer in flight"
+    );
+    assert_eq!(batch.len(), 1);
+    assert_eq!(n.requests_in(batch[0].seq), vec![2, 3], "in their order");
+    assert_eq!(
+        n.requests_in(batch[0].seq + 100),
+        Vec::<u64>::new(),
+        "not a message of ours"
+    );
+    let done = deliver_own(&mut n, batch);
+    assert_eq!(replies(&done), vec![(2, Ok(())), (3, Ok(()))]);
+}
+
+#[test]
 fn lost_own_message_older_than_the_window_fails_once_unapplied() {
     let (n, done) = lose_a_write(500, 501 + RESEND_WINDOW);
     assert_eq!(replies(&done), vec![(9, Err(SimErr::Again))]);

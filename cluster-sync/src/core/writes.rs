@@ -129,6 +129,14 @@ impl<Op> Writes<Op> {
         self.waiting.pop_front()
     }
 
+    /// The requests message `seq` carries, in their order, while it is in flight.
+    pub fn requests_in(&self, seq: u64) -> Vec<ReqId> {
+        self.in_flight
+            .get(&seq)
+            .map(|f| f.requests.iter().map(|r| r.req).collect())
+            .unwrap_or_default()
+    }
+
     /// Own message `seq` was delivered: CPG can no longer lose it.
     pub fn mark_delivered(&mut self, seq: u64) {
         if let Some(f) = self.in_flight.get_mut(&seq) {

@@ -1,8 +1,10 @@
 //! Cluster mode: the corosync adapters. `runner` carries cluster-sync's protocol core,
 //! which replicates the tree (through `memdb::replica`) and publishes what it applies
-//! through the tree service; `kvstore` is this node in pmxcfs's status group.
+//! through the tree service; `stages` times this node's own writes; `kvstore` is this
+//! node in pmxcfs's status group.
 pub mod kvstore;
 pub mod runner;
+pub mod stages;
 pub mod switch;
 
 use corosync_sys::Cmap;

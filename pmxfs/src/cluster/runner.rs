@@ -10,10 +10,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cluster_sync::core::{Action, Event, Member, Message, Mode, Node, Protocol};
+use cluster_sync::core::{Action, Body, Event, Member, Message, Mode, Node, Protocol};
 use cluster_sync::wire;
 use corosync_sys::{Cmap, Cpg, CpgAddress, CpgEvent, Dispatch, Quorum, QuorumEvent};
 use memdb::codec::MemdbCodec;
@@ -24,6 +24,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
+use super::stages::WriteStages;
 use crate::tree::{Metrics, Origin, Replicator, Tree};
 
 /// CPG group of pmxfs nodes speaking pmxfs's own protocol (pmxcfs's is
@@ -374,8 +375,19 @@ async fn session(
     // Set when the core switched (`Action::Switched`): its term and pending requests.
     let switched: std::cell::RefCell<Option<Handover>> = Default::default();
     let m = &tree.metrics;
+    let stages = std::cell::RefCell::new(WriteStages::default());
+    let own = Member::new(me, pid);
     let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
         let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
+        match &ev {
+            Event::LocalRequest { req_id, .. } => {
+                stages.borrow_mut().requested(*req_id, Instant::now());
+            }
+            Event::Deliver { from, msg } if *from == own => {
+                stages.borrow_mut().delivered(msg.seq, Instant::now());
+            }
+            _ => {}
+        }
         let mut actions = node.handle(ev);
         let mut unlocks = Vec::new();
         // Each action is looked at once: an unlock this node sends makes more actions,
@@ -438,6 +450,10 @@ async fn session(
                     if let Err(e) = cpg.mcast_joined(&[&bytes]) {
                         return Err(anyhow::anyhow!("cpg_mcast_joined: {e}"));
                     }
+                    if matches!(&msg.body, Body::Normal { ops, .. } if !ops.is_empty()) {
+                        let reqs = node.requests_in(msg.seq);
+                        stages.borrow_mut().sent(msg.seq, &reqs, Instant::now());
+                    }
                 }
                 // Published before the writer's answer, which comes after it.
                 Action::Applied { outcome, local, .. } => {
@@ -453,8 +469,22 @@ async fn session(
                     tree.synced();
                 }
                 Action::Reply { req_id, result } => {
+                    let ok = result.is_ok();
                     if let Some(w) = waiting.remove(&req_id) {
                         let _ = w.send(result);
+                    }
+                    // Timed after the answer is on its way, and only writes that took
+                    // effect: a refusal's time says nothing about the cluster.
+                    match stages.borrow_mut().answered(req_id, Instant::now()) {
+                        Some(st) if ok => {
+                            m.write_total.record(st.total);
+                            if let Some((queued, delivery, confirmation)) = st.split {
+                                m.write_queued.record(queued);
+                                m.write_delivery.record(delivery);
+                                m.write_confirmation.record(confirmation);
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Action::ModeChanged(Mode::Error) => stopped = true,

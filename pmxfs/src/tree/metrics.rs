@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::latency::Latency;
+
 /// Counters since start.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -15,6 +17,15 @@ pub struct Metrics {
     pub ring_requests: AtomicU64,
     /// Open file handles now.
     pub open_handles: AtomicU64,
+    /// Own cluster writes, from the request reaching the cluster thread to its answer.
+    pub write_total: Latency,
+    /// The first stage of that: waiting to be sent (behind this node's message on the
+    /// wire, or a sync round).
+    pub write_queued: Latency,
+    /// The second: from the multicast to its delivery back here (corosync's totem).
+    pub write_delivery: Latency,
+    /// The third: from that delivery until a majority is known to hold it.
+    pub write_confirmation: Latency,
     /// Cluster messages this node multicast.
     pub cluster_sent: AtomicU64,
     /// Cluster messages delivered to this node.

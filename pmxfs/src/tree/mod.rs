@@ -19,6 +19,7 @@
 pub mod clients;
 pub mod clock;
 pub mod kernel;
+pub mod latency;
 pub mod metrics;
 pub mod notify;
 pub mod status;
