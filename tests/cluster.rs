@@ -25,6 +25,7 @@ fn lock_and<R>(mnt: &Path, name: &str, f: impl FnOnce() -> R) -> R {
 fn replication(c: &Cluster) {
     let count = |k: usize, stage: &str| c.status(k)["write_latency"][stage]["count"].as_u64();
     let before = (count(1, "total"), count(1, "confirmation"));
+    let applied_before = count(2, "applying_others");
     for i in 0..10 {
         let v = format!("value {i}\n");
         write(&c.mnt(1).join("repl.cfg"), &v).unwrap();
@@ -63,6 +64,13 @@ fn replication(c: &Cluster) {
     assert!(
         grew(before.0, after.0) >= Some(20) && grew(before.1, after.1) >= Some(20),
         "n1 timed too few of its 20 writes: {before:?} -> {after:?}\n{lat}"
+    );
+    // n2 wrote nothing: it applied n1's writes, one message each (one writer).
+    let applied = grew(applied_before, count(2, "applying_others"));
+    assert!(
+        applied >= Some(20),
+        "n2 timed {applied:?} of n1's 20 writes\n{}",
+        c.status(2)["write_latency"]
     );
     for stage in ["queued", "delivery", "confirmation"] {
         assert_eq!(lat[stage]["count"], lat["confirmation"]["count"], "{lat}");

@@ -152,6 +152,7 @@ pub fn status_json(tree: &Tree, info: &Info) -> Value {
             "queued": m.write_queued.json(),
             "delivery": m.write_delivery.json(),
             "confirmation": m.write_confirmation.json(),
+            "applying_others": m.write_apply_others.json(),
         },
         "ipc": {
             "connections": Metrics::get(&m.ipc_connections),

@@ -456,7 +456,7 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
         // Means add up (for the writes timed stage by stage); quantiles do not.
         println!(
             "writes:    {} answered; mean {:.2} ms = queued {:.2} + corosync delivery {:.2} + \
-             majority confirmation {:.2}; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+             majority confirmation {:.2}; p50 {:.2}, p99 {:.2}, max {:.2} ms",
             l["total"]["count"],
             ms("total", "mean_us"),
             ms("queued", "mean_us"),
@@ -465,6 +465,12 @@ fn status(mount: &std::path::Path, json: bool) -> Result<()> {
             ms("total", "p50_us"),
             ms("total", "p99_us"),
             ms("total", "max_us"),
+        );
+        println!(
+            "applying:  {} messages of other nodes' writes; mean {:.2} ms, p99 {:.2} ms",
+            l["applying_others"]["count"],
+            ms("applying_others", "mean_us"),
+            ms("applying_others", "p99_us"),
         );
         println!(
             "kvstore:   {}, members {}; {} sent, {} delivered, {} dropped, {} rejoins",

@@ -379,6 +379,9 @@ async fn session(
     let own = Member::new(me, pid);
     let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
         let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
+        let began = Instant::now();
+        let others_write = matches!(&ev, Event::Deliver { from, msg } if *from != own
+            && matches!(&msg.body, Body::Normal { ops, .. } if !ops.is_empty()));
         match &ev {
             Event::LocalRequest { req_id, .. } => {
                 stages.borrow_mut().requested(*req_id, Instant::now());
@@ -501,6 +504,9 @@ async fn session(
                     return Err(SwitchNow.into());
                 }
             }
+        }
+        if others_write {
+            m.write_apply_others.record(began.elapsed());
         }
         if stopped {
             // The core answered everything it held; its tree is what the store has.

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub write_delivery: Latency,
     /// The third: from that delivery until a majority is known to hold it.
     pub write_confirmation: Latency,
+    /// Another member's writes here: from their delivery until this node has applied
+    /// and published them and sent its acknowledgement, if it owes one.
+    pub write_apply_others: Latency,
     /// Cluster messages this node multicast.
     pub cluster_sent: AtomicU64,
     /// Cluster messages delivered to this node.
