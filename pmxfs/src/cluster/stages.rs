@@ -124,6 +124,12 @@ mod tests {
         t0 + Duration::from_millis(n)
     }
 
+    /// A split of (queued, delivery, confirmation) milliseconds.
+    fn split_ms(q: u64, d: u64, c: u64) -> Option<(Duration, Duration, Duration)> {
+        let m = Duration::from_millis;
+        Some((m(q), m(d), m(c)))
+    }
+
     #[test]
     fn a_batch_is_split_into_its_stages_and_forgotten_once_answered() {
         let t0 = Instant::now();
@@ -134,14 +140,7 @@ mod tests {
         w.delivered(7, ms(t0, 4));
         let a = w.answered(1, ms(t0, 6)).expect("timed");
         assert_eq!(a.total, Duration::from_millis(6));
-        assert_eq!(
-            a.split,
-            Some((
-                Duration::from_millis(3),
-                Duration::from_millis(1),
-                Duration::from_millis(2)
-            ))
-        );
+        assert_eq!(a.split, split_ms(3, 1, 2));
         assert_eq!(
             w.tracked(),
             (1, 1),
@@ -183,14 +182,7 @@ mod tests {
         w.delivered(5, ms(t0, 11));
         w.delivered(6, ms(t0, 12));
         let a = w.answered(1, ms(t0, 13)).expect("timed");
-        assert_eq!(
-            a.split,
-            Some((
-                Duration::from_millis(10),
-                Duration::from_millis(2),
-                Duration::from_millis(1)
-            ))
-        );
+        assert_eq!(a.split, split_ms(10, 2, 1));
     }
 
     #[test]
