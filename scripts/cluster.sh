@@ -172,10 +172,15 @@ wait_quorate() { # wait_quorate DIR K: until DIR/nK/mnt/.members says quorate (w
     # corosync's quorum comes first; pmxfs takes writes only after it has joined its
     # group and synced, which a mount that shows .members does not yet promise. Same
     # detached probe as wait_pmxfs, so a wedged daemon cannot hang `up`.
+    local probe=""
     rm -f "$d/n$k/quorate"
     for ((t = 0; t < limit; t++)); do
         [ -e "$d/n$k/quorate" ] && { rm -f "$d/n$k/quorate"; return 0; }
-        ( grep -q '"quorate": 1' "$d/n$k/mnt/.members" && : >"$d/n$k/quorate" ) >/dev/null 2>&1 &
+        # One probe at a time: a wedged daemon holds one, not one per tick.
+        if [ -z "$probe" ] || ! kill -0 "$probe" 2>/dev/null; then
+            ( grep -q '"quorate": 1' "$d/n$k/mnt/.members" && : >"$d/n$k/quorate" ) >/dev/null 2>&1 &
+            probe=$!
+        fi
         sleep 0.2
     done
     log "pmxfs on n$k did not become quorate within ${QUORUM_TIMEOUT:-60} s; see $d/n$k/pmxfs.log"

@@ -73,7 +73,9 @@ fn replication(c: &Cluster) {
         c.status(2)["write_latency"]
     );
     for stage in ["queued", "delivery", "confirmation"] {
-        assert_eq!(lat[stage]["count"], lat["confirmation"]["count"], "{lat}");
+        if stage != "confirmation" {
+            assert_eq!(lat[stage]["count"], lat["confirmation"]["count"], "{lat}");
+        }
         assert!(
             lat[stage]["max_us"].as_u64() <= lat["total"]["max_us"].as_u64(),
             "a stage took longer than a whole write: {lat}"

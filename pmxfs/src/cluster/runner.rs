@@ -379,9 +379,10 @@ async fn session(
     let own = Member::new(me, pid);
     let run = |node: &mut Node<Replica>, waiting: &mut Waiting, ev: Event<Op, Row>| -> Result<()> {
         let (resent, resyncs, verifies) = (node.resent(), node.resyncs(), node.verifies());
-        let began = Instant::now();
+        // Another member's write: timed until it is applied here and acknowledged.
         let others_write = matches!(&ev, Event::Deliver { from, msg } if *from != own
-            && matches!(&msg.body, Body::Normal { ops, .. } if !ops.is_empty()));
+            && matches!(&msg.body, Body::Normal { ops, .. } if !ops.is_empty()))
+        .then(Instant::now);
         match &ev {
             Event::LocalRequest { req_id, .. } => {
                 stages.borrow_mut().requested(*req_id, Instant::now());
@@ -505,7 +506,7 @@ async fn session(
                 }
             }
         }
-        if others_write {
+        if let Some(began) = others_write {
             m.write_apply_others.record(began.elapsed());
         }
         if stopped {
